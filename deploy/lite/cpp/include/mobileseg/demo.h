@@ -1,0 +1,50 @@
+// The demo's steps around the model run, shared by the Android demo (which runs Paddle Lite)
+// and the host tool (which takes the logits from a file), so the host tests cover all of it.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mobileseg/manifest.h"
+#include "mobileseg/prepost.h"
+
+namespace mobileseg {
+
+// "--key value" pairs; a key outside `allowed` or a missing value throws Error.
+std::map<std::string, std::string> ParseFlags(int argc, char** argv,
+                                              const std::vector<std::string>& allowed);
+
+// A flag's value or `fallback` (an empty fallback means required: Error if absent).
+std::string Flag(const std::map<std::string, std::string>& flags, const std::string& key,
+                 const std::string& fallback = "");
+int IntFlag(const std::map<std::string, std::string>& flags, const std::string& key,
+            int fallback, int min_value);
+
+struct Prepared {
+  Manifest manifest;
+  std::string model_path;     // the target's .nb
+  Image image;                // the input image, RGB, original size
+  std::vector<float> input;   // model input, 1 x 3 x H x W
+};
+
+// Load model_dir/manifest.json, check it against `lite_version` and (if h, w > 0) the requested
+// input size, read the image and preprocess it. Every bad input throws one Error.
+Prepared Prepare(const std::string& model_dir, const std::string& target,
+                 const std::string& image_path, const std::string& lite_version,
+                 int requested_h, int requested_w);
+
+// "HxW" -> (h, w); "" -> (0, 0). Error for anything else.
+void ParseSize(const std::string& text, int* h, int* w);
+
+// Argmax of the logits (checked against 1 x num_classes x H x W), then write
+// out_dir/<stem>_mask.png (palette PNG, labels at the image's size) and
+// out_dir/<stem>_overlay.png. Returns the label map at model resolution.
+std::vector<uint8_t> WriteResults(const Prepared& p, const float* logits,
+                                  const std::vector<int64_t>& logits_shape,
+                                  const std::string& out_dir, const std::string& stem);
+
+// File name without folder and extension: "a/b/frame.png" -> "frame".
+std::string Stem(const std::string& path);
+
+}  // namespace mobileseg

@@ -1,0 +1,84 @@
+// Implementation of the test double declared in paddle_api.h (see there).
+#include "paddle_api.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <stdexcept>
+
+namespace paddle {
+namespace lite_api {
+namespace {
+
+struct Buffer {
+  shape_t shape;
+  std::vector<float> data;
+};
+
+class StubPredictor : public PaddlePredictor {
+ public:
+  explicit StubPredictor(int classes) : classes_(classes) {}
+  std::unique_ptr<Tensor> GetInput(int) override { return std::unique_ptr<Tensor>(new Tensor(&in_)); }
+  std::unique_ptr<const Tensor> GetOutput(int) const override {
+    return std::unique_ptr<const Tensor>(new Tensor(static_cast<const void*>(&out_)));
+  }
+  void Run() override {
+    const int64_t h = in_.shape.at(2), w = in_.shape.at(3);
+    out_.shape = {1, classes_, h, w};
+    out_.data.assign(static_cast<size_t>(classes_ * h * w), 0.f);
+    for (int64_t y = 0; y < h; ++y) {
+      for (int64_t x = 0; x < w; ++x) {
+        const int64_t c = x * classes_ / w;
+        out_.data[static_cast<size_t>((c * h + y) * w + x)] = 1.f;
+      }
+    }
+  }
+  std::string GetVersion() const override {
+    const char* v = std::getenv("MOBILESEG_STUB_LITE_VERSION");
+    return v ? v : "v2.13-rc";
+  }
+
+ private:
+  int classes_;
+  Buffer in_;
+  mutable Buffer out_;
+};
+
+}  // namespace
+
+Tensor::Tensor(void* raw) : raw_tensor_(raw) {}
+Tensor::Tensor(const void* raw) : raw_tensor_(const_cast<void*>(raw)) {}
+
+void Tensor::Resize(const shape_t& shape) {
+  Buffer* b = static_cast<Buffer*>(raw_tensor_);
+  b->shape = shape;
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  b->data.resize(n);
+}
+
+template <>
+const float* Tensor::data<float>() const {
+  return static_cast<Buffer*>(raw_tensor_)->data.data();
+}
+
+template <>
+float* Tensor::mutable_data<float>() const {
+  return static_cast<Buffer*>(raw_tensor_)->data.data();
+}
+
+shape_t Tensor::shape() const { return static_cast<Buffer*>(raw_tensor_)->shape; }
+
+template <>
+std::shared_ptr<PaddlePredictor> CreatePaddlePredictor<MobileConfig>(const MobileConfig& c) {
+  std::ifstream f(c.lite_model_file());
+  std::string tag;
+  int classes = 0;
+  if (!(f >> tag) || tag != "STUB" || !(f >> tag) || tag.rfind("classes=", 0) != 0) {
+    return nullptr;
+  }
+  classes = std::atoi(tag.c_str() + 8);
+  return std::make_shared<StubPredictor>(classes);
+}
+
+}  // namespace lite_api
+}  // namespace paddle
