@@ -1,0 +1,1 @@
+"""Python inference on exported models (Paddle Inference and onnxruntime)."""
