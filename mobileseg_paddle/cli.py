@@ -1,0 +1,338 @@
+"""The ``mobileseg`` command (also ``python -m mobileseg_paddle``).
+
+``train``, ``val`` and ``predict`` take the flags of PaddleSeg's tools/train.py, tools/val.py and
+tools/predict.py with the same meanings and run ``paddleseg.core.train/evaluate/predict``;
+``export``, ``infer``, ``bench`` and ``lite`` hand the rest of the command line to the ``deploy``
+package; ``quickstart`` runs the offline quick start. Bad input ends with one line
+``mobileseg <command>: error: ...`` on stderr and exit status 2.
+
+Multi-GPU / multi-node: ``python -m paddle.distributed.launch [--devices 0,1] \\
+    mobileseg_paddle/__main__.py train --config ...`` (the same entry in every process).
+"""
+
+import argparse
+import os
+import sys
+
+from . import compat
+from .checkpoint import CheckpointError
+from .checks import InputError
+
+compat.apply()  # paddleseg 2.8 on Paddle 3: see compat.py
+
+EXIT_BAD_INPUT = 2
+DEPLOY_COMMANDS = {  # subcommand -> (module, help)
+    "export": ("deploy.export", "export an inference model (see deploy/export.py)"),
+    "infer": ("deploy.python.infer", "run an exported model with Paddle Inference"),
+    "bench": ("deploy.benchmark", "benchmark exported models"),
+    "lite": ("deploy.lite", "convert/run models with Paddle Lite"),
+}
+
+
+# --- arguments ----------------------------------------------------------------------------------
+
+def _add_common(p, device_default="gpu"):
+    p.add_argument("--config", required=True, help="The path of config file.")
+    p.add_argument("--device", default=device_default, choices=["cpu", "gpu", "xpu", "npu", "mlu"],
+                   help="Device to run on (falls back to cpu when the device is unavailable).")
+    p.add_argument("--opts", nargs="+", metavar="KEY=VALUE",
+                   help="Update config items, e.g. --opts batch_size=2 model.num_classes=3.")
+
+
+def _add_precision(p):
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                   help="fp16: automatic mixed precision (AMP).")
+    p.add_argument("--amp_level", default="O1", choices=["O1", "O2"],
+                   help="AMP level: O1 mixed precision, O2 pure fp16 (except black-listed ops).")
+
+
+def _add_aug(p, flag):
+    p.add_argument(f"--{flag}", action="store_true",
+                   help="Use multi-scale and flip test-time augmentation.")
+    p.add_argument("--scales", nargs="+", type=float, default=1.0,
+                   help=f"Scales for augmentation (with --{flag}), e.g. --scales 0.75 1.0 1.25.")
+    p.add_argument("--flip_horizontal", action="store_true",
+                   help=f"Add horizontally flipped inputs (with --{flag}).")
+    p.add_argument("--flip_vertical", action="store_true",
+                   help=f"Add vertically flipped inputs (with --{flag}).")
+    p.add_argument("--is_slide", action="store_true", help="Sliding-window inference.")
+    p.add_argument("--crop_size", nargs=2, type=int, metavar=("W", "H"),
+                   help="Sliding window size (with --is_slide).")
+    p.add_argument("--stride", nargs=2, type=int, metavar=("W", "H"),
+                   help="Sliding window stride (with --is_slide).")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="mobileseg", description="MobileSeg models on PaddleSeg's trainer (Paddle 3).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (as PaddleSeg's tools/train.py)")
+    _add_common(p)
+    p.add_argument("--save_dir", default="./output", help="Where checkpoints are written.")
+    p.add_argument("--num_workers", type=int, default=0, help="Data loader worker processes.")
+    p.add_argument("--do_eval", action="store_true", help="Evaluate at every checkpoint.")
+    p.add_argument("--use_vdl", action="store_true", help="Log to VisualDL.")
+    p.add_argument("--resume_model", help="Checkpoint folder (save_dir/iter_N) to resume from.")
+    p.add_argument("--iters", type=int, help="Total training iterations (overrides config).")
+    p.add_argument("--batch_size", type=int, help="Batch size per device (overrides config).")
+    p.add_argument("--learning_rate", type=float, help="Base learning rate (overrides config).")
+    p.add_argument("--save_interval", type=int, default=1000, help="Iterations between checkpoints.")
+    p.add_argument("--log_iters", type=int, default=10, help="Iterations between log lines.")
+    p.add_argument("--keep_checkpoint_max", type=int, default=5, help="Checkpoints kept.")
+    p.add_argument("--seed", type=int, help="Random seed.")
+    _add_precision(p)
+    p.add_argument("--profiler_options", help="paddleseg train profiler options.")
+    p.add_argument("--repeats", type=int, default=1, help="Repeat the training list N times.")
+
+    p = sub.add_parser("val", help="evaluate mIoU (as PaddleSeg's tools/val.py)")
+    _add_common(p)
+    p.add_argument("--model_path", help="Trained weights (model.pdparams or its folder).")
+    p.add_argument("--num_workers", type=int, default=0, help="Data loader worker processes.")
+    _add_aug(p, "aug_eval")
+    _add_precision(p)
+    p.add_argument("--auc_roc", action="store_true", help="Also compute the ROC AUC.")
+
+    p = sub.add_parser("predict", help="segment images (as PaddleSeg's tools/predict.py)")
+    _add_common(p)
+    p.add_argument("--model_path", required=True, help="Trained weights (model.pdparams).")
+    p.add_argument("--image_path", required=True,
+                   help="An image, a folder of images, or a text file listing image paths.")
+    p.add_argument("--save_dir", default="./output/result",
+                   help="Writes added_prediction/ (overlays) and pseudo_color_prediction/.")
+    _add_aug(p, "aug_pred")
+    p.add_argument("--custom_color", nargs="+", type=int,
+                   help="Colour map as r g b r g b ... (default: paddleseg's).")
+
+    p = sub.add_parser("quickstart", help="offline demo: synthetic data, train, evaluate, predict")
+    from .quickstart import add_arguments
+    add_arguments(p)
+
+    for name, (module, text) in DEPLOY_COMMANDS.items():
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+# --- shared steps -------------------------------------------------------------------------------
+
+def load_config(path, opts=None, **overrides):
+    """paddleseg ``Config`` + our checks; every problem is one ``InputError``."""
+    from paddleseg.cvlibs import Config
+    from .checks import check_config
+    if not os.path.isfile(path):
+        raise InputError(f"--config {path}: file not found")
+    if not path.endswith((".yml", ".yaml")):
+        raise InputError(f"--config {path}: expected a .yml/.yaml file")
+    for item in opts or []:
+        if item.count("=") != 1:
+            raise InputError(f"--opts {item!r}: expected key=value")
+    try:
+        cfg = Config(path, opts=opts, **overrides)
+    except InputError:
+        raise
+    except Exception as e:  # yaml errors, paddleseg's asserts and rule failures
+        raise InputError(f"config {path}: {_one_line(e)}") from None
+    check_config(cfg)
+    return cfg
+
+
+def build(builder, what):
+    """``builder.<what>`` with builder failures turned into one line."""
+    try:
+        return getattr(builder, what)
+    except (InputError, CheckpointError):
+        raise
+    except Exception as e:
+        raise InputError(f"config {what}: {_one_line(e)}") from None
+
+
+def checked_dataset(builder, what):
+    from .checks import CheckedDataset, check_samples
+    dataset = build(builder, what)
+    check_samples(dataset, what)
+    return CheckedDataset(dataset, what)
+
+
+def load_weights(model, path):
+    """Strict load (missing file, other num_classes, other model: one error)."""
+    from .checkpoint import load_pretrained
+    if not os.path.exists(path):
+        raise InputError(f"--model_path {path}: file not found")
+    load_pretrained(model, path)
+
+
+def _one_line(e):
+    text = " ".join(str(e).split())
+    for marker in ("The error message is: ", "the error message is: "):
+        if marker in text:  # paddleseg wraps the real cause in a long preamble
+            text = text.split(marker, 1)[1]
+    return text or type(e).__name__
+
+
+def _setup(args, cfg):
+    from paddleseg.utils import utils
+    utils.show_env_info()
+    utils.show_cfg_info(cfg)
+    utils.set_device(args.device)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+def cmd_train(args):
+    from paddleseg.cvlibs import SegBuilder
+    from paddleseg.core import train
+    from paddleseg.utils import utils
+    cfg = load_config(args.config, args.opts, learning_rate=args.learning_rate,
+                      iters=args.iters, batch_size=args.batch_size)
+    if args.resume_model:
+        compat.check_checkpoint(args.resume_model)
+    builder = SegBuilder(cfg)
+    _setup(args, cfg)
+    utils.set_seed(args.seed)
+    utils.set_cv2_num_threads(args.num_workers)
+    model = utils.convert_sync_batchnorm(build(builder, "model"), args.device)
+    train_dataset = checked_dataset(builder, "train_dataset")
+    if args.repeats > 1:
+        train_dataset.file_list *= args.repeats
+    val_dataset = checked_dataset(builder, "val_dataset") if args.do_eval else None
+    train(model, train_dataset, val_dataset=val_dataset, optimizer=build(builder, "optimizer"),
+          save_dir=args.save_dir, iters=cfg.iters, batch_size=cfg.batch_size,
+          resume_model=args.resume_model, save_interval=args.save_interval,
+          log_iters=args.log_iters, num_workers=args.num_workers, use_vdl=args.use_vdl,
+          losses=build(builder, "loss"), keep_checkpoint_max=args.keep_checkpoint_max,
+          test_config=cfg.test_config, precision=args.precision, amp_level=args.amp_level,
+          profiler_options=args.profiler_options, to_static_training=cfg.to_static_training)
+    print(f"checkpoints: {os.path.abspath(args.save_dir)}")
+    return 0
+
+
+def _test_config(cfg, args, aug_flag):
+    """PaddleSeg's merge of the config's test_config with the command-line flags."""
+    from paddleseg.utils import logger
+    test_config = cfg.test_config
+    test_config.pop("aug_eval", None)
+    if getattr(args, aug_flag):
+        test_config.update({aug_flag: True, "scales": args.scales,
+                            "flip_horizontal": args.flip_horizontal,
+                            "flip_vertical": args.flip_vertical})
+    elif args.flip_horizontal or args.flip_vertical or args.scales != 1.0:
+        logger.warning(f"--scales/--flip_* take effect only with --{aug_flag}")
+    if args.is_slide:
+        if not args.crop_size or not args.stride:
+            raise InputError("--is_slide needs --crop_size W H and --stride W H")
+        test_config.update(is_slide=True, crop_size=args.crop_size, stride=args.stride)
+    return test_config
+
+
+def run_val(args):
+    """Evaluate as tools/val.py does; return {'miou', 'acc', 'kappa', 'class_iou'}."""
+    from paddleseg.cvlibs import SegBuilder
+    from paddleseg.core import evaluate
+    from paddleseg.utils import logger
+    cfg = load_config(args.config, args.opts)
+    builder = SegBuilder(cfg)
+    test_config = _test_config(cfg, args, "aug_eval")
+    if args.auc_roc:
+        test_config["auc_roc"] = True
+    _setup(args, cfg)
+    model = build(builder, "model")
+    if args.model_path:
+        load_weights(model, args.model_path)
+        logger.info("Loaded trained weights successfully.")
+    else:
+        logger.warning("no --model_path: evaluating the weights the config builds")
+    val_dataset = checked_dataset(builder, "val_dataset")
+    miou, acc, class_iou, _, kappa = evaluate(
+        model, val_dataset, num_workers=args.num_workers, precision=args.precision,
+        amp_level=args.amp_level, **test_config)
+    return {"miou": float(miou), "acc": float(acc), "kappa": float(kappa),
+            "class_iou": [float(x) for x in class_iou]}
+
+
+def cmd_val(args):
+    result = run_val(args)
+    print(f"mIoU={result['miou']:.4f} Acc={result['acc']:.4f} Kappa={result['kappa']:.4f}")
+    return 0
+
+
+def cmd_predict(args):
+    from paddleseg.cvlibs import SegBuilder
+    from paddleseg.core import predict
+    from paddleseg.transforms import Compose
+    from paddleseg.utils import get_image_list, logger
+    from .checks import _image_size
+    cfg = load_config(args.config, args.opts)
+    builder = SegBuilder(cfg)
+    test_config = _test_config(cfg, args, "aug_pred")
+    if args.custom_color:
+        test_config["custom_color"] = args.custom_color
+    _setup(args, cfg)
+    if not os.path.exists(args.image_path):
+        raise InputError(f"--image_path {args.image_path}: not found (expected an image, a folder "
+                         f"or a file listing images)")
+    try:
+        image_list, image_dir = get_image_list(args.image_path)
+    except Exception as e:
+        raise InputError(f"--image_path {args.image_path}: {_one_line(e)}") from None
+    for path in image_list:
+        _image_size(path, "image")
+    model = build(builder, "model")
+    load_weights(model, args.model_path)
+    img_channels = cfg.val_dataset_cfg.get("img_channels", 3)
+    transforms = Compose(build(builder, "val_transforms"), img_channels=img_channels)
+    logger.info(f"The number of images: {len(image_list)}")
+    try:
+        predict(model, model_path=args.model_path, transforms=transforms, image_list=image_list,
+                image_dir=image_dir, save_dir=args.save_dir, **test_config)
+    except Exception as e:
+        raise InputError(f"prediction failed: {_one_line(e)}") from None
+    print(f"overlays: {os.path.abspath(os.path.join(args.save_dir, 'added_prediction'))}")
+    print(f"masks: {os.path.abspath(os.path.join(args.save_dir, 'pseudo_color_prediction'))}")
+    return 0
+
+
+def cmd_quickstart(args):
+    from .quickstart import run
+    return run(args)
+
+
+def run_deploy(command, argv):
+    """Import ``deploy.<...>`` only now (it may pull in heavy or optional packages)."""
+    import importlib
+    module_name = DEPLOY_COMMANDS[command][0]
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if repo_root not in sys.path and os.path.isdir(os.path.join(repo_root, "deploy")):
+        sys.path.insert(0, repo_root)  # a source checkout: deploy/ sits next to the package
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise InputError(f"{module_name} is not available in this installation") from None
+        raise
+    result = module.main(argv)
+    return result if isinstance(result, int) else 0
+
+
+COMMANDS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict,
+            "quickstart": cmd_quickstart}
+
+
+def main(argv=None):
+    """Run one command; return the exit status (the console script exits with it)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv and argv[0] in DEPLOY_COMMANDS:  # everything after the name belongs to deploy
+        command = argv[0]
+        runner = lambda: run_deploy(command, argv[1:])  # noqa: E731
+    else:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        runner = lambda: COMMANDS[command](args)  # noqa: E731
+    try:
+        return runner()
+    except (InputError, CheckpointError, compat.EvaluationFailed) as e:
+        print(f"mobileseg {command}: error: {compat.loader_error_message(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"mobileseg {command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,239 @@
+"""Each runtime fix of mobileseg_paddle/compat.py, shown against the unpatched behaviour."""
+
+import os
+import threading
+
+import numpy as np
+import paddle
+import pytest
+
+import mobileseg_paddle  # noqa: F401
+from mobileseg_paddle import cli, compat
+from mobileseg_paddle.checkpoint import CheckpointError
+from train_helpers import config_dict, make_data, write_config
+
+
+@pytest.fixture
+def unpatch():
+    """``unpatch(fix)``: that fix of compat.FIXES undone for the rest of the test."""
+    yield compat.revert
+    compat.apply()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("compat") / "data", num_train=4, num_val=2)
+
+
+def _builder(tmp_path, data, **kw):
+    from paddleseg.cvlibs import SegBuilder
+    return SegBuilder(cli.load_config(write_config(tmp_path / "c.yml", config_dict(data, **kw))))
+
+
+def _train(builder, save_dir, iters=2, val=True):
+    from paddleseg.core import train
+    train(builder.model, builder.train_dataset,
+          val_dataset=builder.val_dataset if val else None, optimizer=builder.optimizer,
+          save_dir=str(save_dir), iters=iters, batch_size=2, save_interval=iters, log_iters=1,
+          losses=builder.loss)
+
+
+def _areas(pred, label, n=3):
+    from paddleseg.utils import metrics
+    return [a.numpy().tolist() for a in metrics.calculate_area(
+        paddle.to_tensor(pred), paddle.to_tensor(label), n, ignore_index=255)]
+
+
+def test_calculate_area_counts():
+    pred = np.array([[[0, 1, 1], [2, 2, 0]]])
+    label = np.array([[[0, 1, 2], [2, 255, 1]]])
+    # per class: intersection, prediction (outside ignore), label
+    assert _areas(pred, label) == [[1, 1, 1], [2, 2, 1], [1, 2, 2]]
+
+
+def test_calculate_area_broken_unpatched(unpatch):
+    unpatch("metrics")
+    with pytest.raises(ValueError, match="axis"):
+        _areas(np.zeros((1, 2, 2), "int64"), np.zeros((1, 2, 2), "int64"))
+
+
+def _zero_d_loss(logit, label):
+    return paddle.nn.functional.cross_entropy(logit.transpose([0, 2, 3, 1]), label)
+
+
+def _trainer_reads_loss():
+    """What paddleseg's trainer does with each loss when it logs."""
+    import sys
+    train_module = sys.modules["paddleseg.core.train"]
+    logit, label = paddle.randn([1, 3, 4, 4]), paddle.randint(0, 3, [1, 4, 4])
+    losses = train_module.loss_computation([logit], label, None,
+                                           {"types": [_zero_d_loss], "coef": [1.0]})
+    return [loss.numpy()[0] for loss in losses]
+
+
+def test_zero_d_losses_reach_the_trainer_as_1d():
+    assert np.isfinite(_trainer_reads_loss()).all()
+
+
+def test_zero_d_losses_break_the_trainer_unpatched(unpatch):
+    unpatch("losses")
+    with pytest.raises(IndexError):
+        _trainer_reads_loss()
+
+
+class _BrokenVal:
+    """A val dataset whose evaluation fails."""
+
+    def __init__(self, dataset):
+        self.__dict__.update(num_classes=dataset.num_classes, ignore_index=255)
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, idx):
+        raise OSError("val disk went away")
+
+
+def test_failed_evaluation_keeps_the_weights(tmp_path, data):
+    builder = _builder(tmp_path, data)
+    builder.val_dataset  # noqa: B018  (build it, then break it)
+    builder.__dict__["val_dataset"] = _BrokenVal(builder.val_dataset)
+    with pytest.raises(compat.EvaluationFailed, match="val disk went away.*saved in"):
+        _train(builder, tmp_path / "out")
+    compat.check_checkpoint(str(tmp_path / "out" / "iter_2"))
+    state = paddle.load(str(tmp_path / "out" / "iter_2" / "model.pdparams"))
+    assert set(state) == set(builder.model.state_dict())
+
+
+def test_failed_evaluation_loses_the_weights_unpatched(tmp_path, data, unpatch):
+    unpatch("evaluate")
+    builder = _builder(tmp_path, data)
+    builder.__dict__["val_dataset"] = _BrokenVal(builder.val_dataset)
+    with pytest.raises(OSError):
+        _train(builder, tmp_path / "out")
+    assert not (tmp_path / "out" / "iter_2").exists()
+
+
+def _crash_while_writing_pdopt(monkeypatch):
+    """paddle.save that dies half-way through writing model.pdopt (like a kill)."""
+    real_save = paddle.save
+
+    def save(obj, path, *a, **kw):
+        if isinstance(path, str) and ".pdopt" in os.path.basename(path):
+            real_save(obj, path, *a, **kw)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+            raise KeyboardInterrupt("killed while saving")
+        return real_save(obj, path, *a, **kw)
+    monkeypatch.setattr(paddle, "save", save)
+
+
+def _looks_complete_but_is_not(ckpt):
+    try:
+        compat.check_checkpoint(str(ckpt))
+    except CheckpointError:
+        return False  # recognisably incomplete: fine
+    try:
+        paddle.load(str(ckpt / "model.pdopt"))
+        paddle.load(str(ckpt / "model.pdparams"))
+    except Exception:
+        return True
+    return False
+
+
+def test_kill_during_save_leaves_no_complete_looking_checkpoint(tmp_path, data, monkeypatch):
+    builder = _builder(tmp_path, data)
+    _crash_while_writing_pdopt(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _train(builder, tmp_path / "out", val=False)
+    assert not _looks_complete_but_is_not(tmp_path / "out" / "iter_2")
+    assert os.listdir(tmp_path / "out" / "iter_2") == []
+    monkeypatch.undo()
+    # the next save of that iteration clears the leftovers and completes
+    _train(_builder(tmp_path, data), tmp_path / "out", val=False)
+    compat.check_checkpoint(str(tmp_path / "out" / "iter_2"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["iter_2"]
+
+
+def test_kill_during_save_unpatched_leaves_a_broken_checkpoint(tmp_path, data, monkeypatch,
+                                                                unpatch):
+    unpatch("checkpoints")
+    builder = _builder(tmp_path, data)
+    _crash_while_writing_pdopt(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _train(builder, tmp_path / "out", val=False)
+    assert _looks_complete_but_is_not(tmp_path / "out" / "iter_2")
+
+
+class _FailingData(paddle.io.Dataset):
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, idx):
+        if idx == 3:
+            raise ValueError("sample 3 is corrupt")
+        return np.zeros(2, "float32")
+
+
+def _iterate(num_workers):
+    """Iterate a DataLoader over a failing dataset; return the error, or 'hung'.
+
+    Without workers the loop runs in a thread so that a hang cannot block the tests (worker
+    processes can only be started from the main thread, and there nothing hangs)."""
+    result = {}
+
+    def target():
+        try:
+            result["iter"] = iter(paddle.io.DataLoader(_FailingData(), batch_size=1,
+                                                       num_workers=num_workers))
+            for _ in result["iter"]:
+                pass
+            result["error"] = None
+        except BaseException as e:
+            result["error"] = e
+    if num_workers:
+        target()
+        result["iter"]._try_shutdown_all()  # unpatched, the workers would outlive the error
+    else:
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        thread.join(timeout=15)
+        if thread.is_alive():  # release the blocked reader so later loaders work
+            result["iter"]._blocking_queue.kill()
+            thread.join()
+            return "hung"
+    return result["error"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_data_errors_reach_the_loop(num_workers):
+    error = _iterate(num_workers)
+    assert isinstance(error, ValueError) and "sample 3 is corrupt" in str(error)
+
+
+def test_data_errors_hang_or_lose_their_cause_unpatched(unpatch):
+    unpatch("loader")
+    assert _iterate(0) == "hung"  # the daemon thread stays blocked; harmless
+    error = _iterate(2)
+    assert isinstance(error, SystemError) and "Blocking queue is killed" in str(error)
+
+
+def test_resume_rejects_incomplete_and_restores_state(tmp_path, data):
+    builder = _builder(tmp_path, data, iters=6)
+    _train(builder, tmp_path / "out", iters=6, val=False)
+    ckpt = tmp_path / "out" / "iter_6"
+    lr_after = builder.optimizer.get_lr()
+    fresh = _builder(tmp_path, data, iters=6)
+    assert fresh.optimizer.get_lr() != lr_after
+    assert compat.resume(fresh.model, fresh.optimizer, str(ckpt)) == 6
+    assert fresh.optimizer.get_lr() == lr_after
+    saved = paddle.load(str(ckpt / "model.pdopt"))
+    restored = fresh.optimizer.state_dict()
+    velocity = [k for k in saved if "velocity" in k][0]
+    np.testing.assert_array_equal(restored[velocity].numpy(), saved[velocity].numpy())
+    for name, value in fresh.model.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), builder.model.state_dict()[name].numpy())
+
+    (ckpt / "model.pdopt").unlink()
+    with pytest.raises(CheckpointError, match="incomplete: missing model.pdopt"):
+        compat.resume(fresh.model, fresh.optimizer, str(ckpt))
