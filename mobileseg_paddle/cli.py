@@ -170,10 +170,14 @@ def _one_line(e):
     return text or type(e).__name__
 
 
+SHOW_SETUP_INFO = True  # the quick start turns the repeated environment/config dump off
+
+
 def _setup(args, cfg):
     from paddleseg.utils import utils
-    utils.show_env_info()
-    utils.show_cfg_info(cfg)
+    if SHOW_SETUP_INFO:
+        utils.show_env_info()
+        utils.show_cfg_info(cfg)
     utils.set_device(args.device)
 
 

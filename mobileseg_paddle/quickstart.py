@@ -21,11 +21,11 @@ DEFAULT_OUT = "mobileseg_quickstart"
 
 def add_arguments(p):
     p.add_argument("--out_dir", default=DEFAULT_OUT, help="Where data, config and results go.")
-    p.add_argument("--iters", type=int, default=1000, help="Training iterations.")
+    p.add_argument("--iters", type=int, default=800, help="Training iterations.")
     p.add_argument("--batch_size", type=int, default=8, help="Batch size.")
     p.add_argument("--num_train", type=int, default=300, help="Synthetic training images.")
     p.add_argument("--num_val", type=int, default=50, help="Synthetic validation images.")
-    p.add_argument("--image_size", type=int, default=128, help="Side of the square images.")
+    p.add_argument("--image_size", type=int, default=96, help="Side of the square images.")
     p.add_argument("--num_predict", type=int, default=6, help="Validation images to overlay.")
     p.add_argument("--num_workers", type=int, default=0, help="Data loader worker processes.")
     p.add_argument("--log_iters", type=int, default=20, help="Iterations between log lines.")
@@ -63,48 +63,45 @@ def quickstart_config(data_dir, iters, batch_size, num_classes):
 
 
 def run(args):
-    """Run every step; return 0 (the exit status)."""
+    """Run every step; return the exit status."""
     from . import cli, synthetic
     start = time.time()
     out = os.path.abspath(args.out_dir)
     data_dir = os.path.join(out, "data")
     save_dir = os.path.join(out, "output")
     config_path = os.path.join(out, "quickstart.yml")
+    result_dir = os.path.join(out, "predict")
 
     _step(f"1/4 generating {args.num_train}+{args.num_val} synthetic images in {data_dir}")
     synthetic.generate(data_dir, args.num_train, args.num_val, args.image_size, args.seed)
-    os.makedirs(out, exist_ok=True)
     with open(config_path, "w") as f:
         yaml.safe_dump(quickstart_config(data_dir, args.iters, args.batch_size,
                                          synthetic.NUM_CLASSES), f, sort_keys=False)
 
     _step(f"2/4 training MobileSeg-MobileNetV2 for {args.iters} iterations (CPU)")
     status = cli.main(["train", "--config", config_path, "--device", "cpu", "--save_dir",
-                       save_dir, "--save_interval", str(args.iters), "--log_iters",
-                       str(args.log_iters), "--num_workers", str(args.num_workers), "--seed",
-                       str(args.seed), "--keep_checkpoint_max", "1"])
+                       save_dir, "--save_interval", args.iters, "--log_iters", args.log_iters,
+                       "--num_workers", args.num_workers, "--seed", args.seed,
+                       "--keep_checkpoint_max", "1"])
     if status:
         return status
     weights = os.path.join(save_dir, f"iter_{args.iters}", "model.pdparams")
 
-    _step("3/4 evaluating on the validation split")
-    val_args = cli.build_parser().parse_args(
-        ["val", "--config", config_path, "--device", "cpu", "--model_path", weights])
-    result = cli.run_val(val_args)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    cli.SHOW_SETUP_INFO = False  # the training step printed the environment and config
+    try:
+        _step("3/4 evaluating on the validation split")
+        result = cli.run_val(cli.build_parser().parse_args(
+            ["val", "--config", config_path, "--device", "cpu", "--model_path", weights]))
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(result, f, indent=2)
 
-    _step(f"4/4 segmenting {args.num_predict} validation images")
-    predict_dir = os.path.join(out, "predict_images")  # a folder: outputs keep plain names
-    shutil.rmtree(predict_dir, ignore_errors=True)
-    os.makedirs(predict_dir)
-    with open(os.path.join(data_dir, "val.txt")) as f:
-        images = [line.split()[0] for line in f if line.strip()][:args.num_predict]
-    for image in images:
-        shutil.copy(os.path.join(data_dir, image), predict_dir)
-    result_dir = os.path.join(out, "predict")
-    status = cli.main(["predict", "--config", config_path, "--device", "cpu", "--model_path",
-                       weights, "--image_path", predict_dir, "--save_dir", result_dir])
+        _step(f"4/4 segmenting {args.num_predict} validation images")
+        status = cli.main(["predict", "--config", config_path, "--device", "cpu",
+                           "--model_path", weights, "--save_dir", result_dir, "--image_path",
+                           _copy_val_images(data_dir, os.path.join(out, "predict_images"),
+                                            args.num_predict)])
+    finally:
+        cli.SHOW_SETUP_INFO = True
     if status:
         return status
 
@@ -122,6 +119,18 @@ colour masks    : {os.path.join(result_dir, 'pseudo_color_prediction')}
 again by hand   : mobileseg val --config {config_path} --device cpu --model_path {weights}
 """)
     return 0
+
+
+def _copy_val_images(data_dir, folder, count):
+    """Copy the first ``count`` validation images into ``folder`` (predict names its outputs
+    after the path below the folder it is given) and return the folder."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    with open(os.path.join(data_dir, "val.txt")) as f:
+        images = [line.split()[0] for line in f if line.strip()][:count]
+    for image in images:
+        shutil.copy(os.path.join(data_dir, image), folder)
+    return folder
 
 
 def _step(text):
