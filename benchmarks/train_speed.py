@@ -88,7 +88,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import paddle
-    import mobileseg_paddle  # noqa: F401
+    import mobileseg_paddle  # noqa: F401  (registers the MSP_ components)
     from mobileseg_paddle import compat
     from mobileseg_paddle.losses import OhemCrossEntropyLoss
     compat.apply()

@@ -108,7 +108,7 @@ def build_parser():
     from .quickstart import add_arguments
     add_arguments(p)
 
-    for name, (module, text) in DEPLOY_COMMANDS.items():
+    for name, (_, text) in DEPLOY_COMMANDS.items():
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
     return parser

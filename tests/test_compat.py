@@ -197,7 +197,7 @@ def _iterate(num_workers):
     else:
         thread = threading.Thread(target=target, daemon=True)
         thread.start()
-        thread.join(timeout=15)
+        thread.join(timeout=8)
         if thread.is_alive():  # release the blocked reader so later loaders work
             result["iter"]._blocking_queue.kill()
             thread.join()
