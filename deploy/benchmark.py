@@ -301,10 +301,10 @@ def build_pair(config_path, seed=0, official=False):
     import mobileseg_paddle  # noqa: F401
     from mobileseg_paddle.testing import copy_state_, randomize_
 
-    from deploy.export import _without_pretrained
+    from mobileseg_paddle.builder import without_pretrained
 
     cfg = Config(config_path)
-    cfg.dic["model"] = _without_pretrained(cfg.dic["model"])
+    cfg.dic["model"] = without_pretrained(cfg.dic["model"])
     ours = SegBuilder(cfg).model
     randomize_(ours, seed)
     ours.eval()

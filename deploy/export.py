@@ -80,47 +80,18 @@ def build_model(config_path, model_path=None):
 
     With ``model_path`` every ``pretrained`` entry of the model config is dropped first (the
     checkpoint replaces those weights, so nothing is downloaded). Returns (model in eval mode,
-    paddleseg Config)."""
+    paddleseg Config). The work is ``mobileseg_paddle.builder.build_model``; the paths are
+    checked here first so a mistyped one fails before paddle is imported."""
     if not os.path.isfile(config_path):
         raise ExportError(f"--config: file not found: {config_path}")
     if model_path is not None and not os.path.exists(model_path):
         raise ExportError(f"--model_path: file not found: {model_path}")
-    import mobileseg_paddle  # noqa: F401  (registers the MSP_ components)
-    from paddleseg.cvlibs import Config, SegBuilder
+    from mobileseg_paddle.builder import BuildError, build_model as build
 
     try:
-        cfg = Config(config_path)
-    except Exception as e:
-        raise ExportError(f"--config {config_path}: {_one_line(e)}") from None
-    if not cfg.dic.get("model"):
-        raise ExportError(f"--config {config_path}: no 'model' section")
-    if model_path is not None:
-        cfg.dic["model"] = _without_pretrained(cfg.dic["model"])
-    try:
-        model = SegBuilder(cfg).model
-    except Exception as e:
-        raise ExportError(f"--config {config_path}: cannot build the model: {_one_line(e)}") from None
-    if model_path is not None:
-        from mobileseg_paddle.checkpoint import CheckpointError, load_pretrained
-        try:
-            load_pretrained(model, model_path)
-        except CheckpointError as e:
-            raise ExportError(f"--model_path: {e}") from None
-    model.eval()
-    return model, cfg
-
-
-def _without_pretrained(node):
-    if isinstance(node, dict):
-        return {k: _without_pretrained(v) for k, v in node.items() if k != "pretrained"}
-    if isinstance(node, list):
-        return [_without_pretrained(v) for v in node]
-    return node
-
-
-def _one_line(e):
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    return lines[-1] if lines else type(e).__name__
+        return build(config_path, model_path)
+    except BuildError as e:
+        raise ExportError(str(e)) from None
 
 
 def prepare_for_deploy(model, target="paddle"):

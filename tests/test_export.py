@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 import mobileseg_paddle  # noqa: F401  (registers MSP_ components)
+from mobileseg_paddle.builder import without_pretrained
 from mobileseg_paddle.testing import max_rel_err, randomize_
 
 from deploy import export as E
@@ -46,7 +47,7 @@ def reference_model(name):
     from paddleseg.cvlibs import Config, SegBuilder
 
     cfg = Config(config_path(name))
-    cfg.dic["model"] = E._without_pretrained(cfg.dic["model"])
+    cfg.dic["model"] = without_pretrained(cfg.dic["model"])
     model = SegBuilder(cfg).model
     randomize_(model, seed=MODELS.index(name) + 1)
     model.eval()

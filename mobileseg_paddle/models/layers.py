@@ -113,7 +113,7 @@ class SeparableConvBNReLU(nn.Layer):
 def channel_shuffle(x, groups):
     """ShuffleNet channel shuffle, written with static channel counts and -1 for the spatial
     size so that it traces for dynamic H and W in both program formats."""
-    n, c = x.shape[0], x.shape[1]
+    c = x.shape[1]
     h, w = paddle.shape(x)[2], paddle.shape(x)[3]
     x = paddle.reshape(x, [-1, groups, c // groups, h, w])
     x = paddle.transpose(x, [0, 2, 1, 3, 4])
