@@ -33,12 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
 
 from deploy.python.infer import (DeployConfig, DeployError, OnnxRunner, PaddleRunner,
                                  PredictorOptions, check_device, cpu_count)
+from mobileseg_paddle.builder import one_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_GLOB = os.path.join(ROOT, "configs", "mobileseg", "mobileseg_*_cityscapes_1024x512_80k.yml")
@@ -200,7 +200,7 @@ def worker_main(spec_json):
             out = run(x)
         reply({"ready": True})
     except Exception as e:
-        reply({"error": _one_line(e)})
+        reply({"error": one_line(e)})
         return 1
     for line in sys.stdin:
         cmd = line.split()
@@ -219,7 +219,7 @@ def worker_main(spec_json):
                 np.save(cmd[1], out)
                 reply({"saved": cmd[1]})
         except Exception as e:
-            reply({"error": _one_line(e)})
+            reply({"error": one_line(e)})
     return 0
 
 
@@ -236,14 +236,14 @@ def time_in_turns(specs, blocks, per_block, work_dir, log=print):
                 workers[name] = w
                 times[name] = []
             except RuntimeError as e:
-                errors[name] = _one_line(e)
+                errors[name] = one_line(e)
                 w.close()
         for _ in range(blocks):
             for name, w in list(workers.items()):
                 try:
                     times[name] += w.ask(f"run {per_block}")["times"]
                 except RuntimeError as e:
-                    errors[name] = _one_line(e)
+                    errors[name] = one_line(e)
                     workers.pop(name).close()
         for name, w in workers.items():
             path = os.path.join(work_dir, f"output-{name}.npy")
@@ -265,12 +265,6 @@ def _await_ready(worker):
             if "error" in reply:
                 raise RuntimeError(reply["error"])
             return reply
-
-
-def _one_line(e):
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    text = lines[-1] if lines else type(e).__name__
-    return text if len(text) < 300 else text[:297] + "..."
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,7 +590,6 @@ def main(argv=None):
     if argv[:1] == ["--_worker"]:
         return worker_main(argv[1])
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*ccache.*")  # paddle's import-time notice
     args.blocks, args.per_block = args.turns, args.runs_per_turn
     preset = PRESETS[args.preset]
     args.input_shape = args.input_shape or preset["input_shape"]

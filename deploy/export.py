@@ -43,7 +43,6 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
 
 import yaml
 
@@ -525,7 +524,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*ccache.*")  # paddle's import-time notice
     try:
         path = export(args.config, args.save_dir, model_path=args.model_path,
                       input_shape=args.input_shape, output_op=args.output_op, fmt=args.format,

@@ -78,7 +78,14 @@ def _load(config_path):
         raise BuildError(f"--config {config_path}: {one_line(e)}") from None
 
 
-def one_line(e):
-    """The last non-empty line of an exception's message (paddleseg wraps the cause in several)."""
+def one_line(e, limit=300):
+    """An exception's message as one line for a command-line error: its last non-empty line
+    (paddle and paddleseg wrap the cause in several), without paddleseg's "The error message
+    is: " preamble, cut to ``limit`` characters."""
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    return lines[-1] if lines else type(e).__name__
+    text = lines[-1] if lines else ""
+    for marker in ("The error message is: ", "the error message is: "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    text = text or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

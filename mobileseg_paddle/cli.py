@@ -3,8 +3,9 @@
 ``train``, ``val`` and ``predict`` take the flags of PaddleSeg's tools/train.py, tools/val.py and
 tools/predict.py with the same meanings and run ``paddleseg.core.train/evaluate/predict``;
 ``export``, ``infer``, ``bench`` and ``lite`` hand the rest of the command line to the ``deploy``
-package; ``quickstart`` runs the offline quick start. Bad input ends with one line
-``mobileseg <command>: error: ...`` on stderr and exit status 2.
+package; ``quickstart`` runs the offline quick start. Bad input ends with one line on stderr
+and exit status 2: ``mobileseg <command>: error: ...`` for the PaddleSeg commands, ``error: ...``
+from the deploy commands.
 
 Multi-GPU / multi-node: ``python -m paddle.distributed.launch [--devices 0,1] \\
     mobileseg_paddle/__main__.py train --config ...`` (the same entry in every process).
@@ -15,6 +16,7 @@ import os
 import sys
 
 from . import compat
+from .builder import one_line
 from .checkpoint import CheckpointError
 from .checks import InputError
 
@@ -132,7 +134,7 @@ def load_config(path, opts=None, **overrides):
     except InputError:
         raise
     except Exception as e:  # yaml errors, paddleseg's asserts and rule failures
-        raise InputError(f"config {path}: {_one_line(e)}") from None
+        raise InputError(f"config {path}: {one_line(e)}") from None
     check_config(cfg)
     return cfg
 
@@ -144,7 +146,7 @@ def build(builder, what):
     except (InputError, CheckpointError):
         raise
     except Exception as e:
-        raise InputError(f"config {what}: {_one_line(e)}") from None
+        raise InputError(f"config {what}: {one_line(e)}") from None
 
 
 def checked_dataset(builder, what):
@@ -160,14 +162,6 @@ def load_weights(model, path):
     if not os.path.exists(path):
         raise InputError(f"--model_path {path}: file not found")
     load_pretrained(model, path)
-
-
-def _one_line(e):
-    text = " ".join(str(e).split())
-    for marker in ("The error message is: ", "the error message is: "):
-        if marker in text:  # paddleseg wraps the real cause in a long preamble
-            text = text.split(marker, 1)[1]
-    return text or type(e).__name__
 
 
 SHOW_SETUP_INFO = True  # the quick start turns the repeated environment/config dump off
@@ -278,7 +272,7 @@ def cmd_predict(args):
     try:
         image_list, image_dir = get_image_list(args.image_path)
     except Exception as e:
-        raise InputError(f"--image_path {args.image_path}: {_one_line(e)}") from None
+        raise InputError(f"--image_path {args.image_path}: {one_line(e)}") from None
     for path in image_list:
         _image_size(path, "image")
     model = build(builder, "model")
@@ -290,7 +284,7 @@ def cmd_predict(args):
         predict(model, model_path=args.model_path, transforms=transforms, image_list=image_list,
                 image_dir=image_dir, save_dir=args.save_dir, **test_config)
     except Exception as e:
-        raise InputError(f"prediction failed: {_one_line(e)}") from None
+        raise InputError(f"prediction failed: {one_line(e)}") from None
     print(f"overlays: {os.path.abspath(os.path.join(args.save_dir, 'added_prediction'))}")
     print(f"masks: {os.path.abspath(os.path.join(args.save_dir, 'pseudo_color_prediction'))}")
     return 0

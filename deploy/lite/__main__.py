@@ -10,7 +10,6 @@ Bad input: one line "error: ..." on stderr and exit status 2 (as the other mobil
 
 import argparse
 import sys
-import warnings
 
 from .errors import LiteError
 
@@ -33,8 +32,6 @@ def run_convert(args):
 
 
 def main(argv=None):
-    # paddle warns at import when ccache is absent: noise on a command line that reports errors
-    warnings.filterwarnings("ignore", message="No ccache found")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in ("convert", "segment", "bench", "-h", "--help"):
         argv.insert(0, "convert")  # the export command's flags work without a subcommand

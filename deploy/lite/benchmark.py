@@ -13,7 +13,6 @@ import platform
 import statistics
 import tempfile
 import time
-import warnings
 
 import numpy as np
 
@@ -64,7 +63,6 @@ def paddle_inference_ms(model_dir, shape, warmup, repeats, onednn):
 
 
 def main(argv=None):
-    warnings.filterwarnings("ignore", message="No ccache found")
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))

@@ -25,7 +25,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -631,7 +630,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*ccache.*")  # paddle's import-time notice
     try:
         return _run(args)
     except DeployError as e:

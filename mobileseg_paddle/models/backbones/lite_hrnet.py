@@ -200,7 +200,7 @@ class HRModule(nn.Layer):
             xs = self.layers(xs)
         else:
             xs = [branch(x) for branch, x in zip(self.layers, xs)]
-        out = []
+        out, fused0 = [], None
         for i, row in enumerate(self.fuse_layers):
             # Quirks of the official code, kept for the trained checkpoints: branch 0's term is
             # counted twice (``y += y``), and branches i > 0 take branch 0 from fused output 0
