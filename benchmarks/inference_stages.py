@@ -13,13 +13,16 @@ shape) and both exports are cut into the same stages:
 Each (stage, backend) runs in its own process (deploy.benchmark's workers) and all take turns,
 so load changes hit them alike. ``full - lowres`` is the cost of the upsampling + argmax tail.
 With ``--onednn_verbose`` it also reports how much of Paddle's lowres run oneDNN itself times
-in its primitives (ONEDNN_VERBOSE=1), i.e. how much is kernel time rather than framework time.
+in its primitives (ONEDNN_VERBOSE=1), i.e. how much is kernel time rather than framework time,
+next to onnxruntime's profiler on its lowres run, both grouped the same way (first convolution,
+depthwise convolutions, other convolutions, then the rest by kind).
 """
 
 import argparse
 import collections
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,9 +99,43 @@ def export_stages(config_path, work, seed):
     }
 
 
+def conv_group(in_channels, groups, out_channels):
+    """The group a convolution's time is reported under (same rule for both runtimes)."""
+    if in_channels == 3:
+        return "conv: first (3 input channels)"
+    if groups > 1 and groups == in_channels == out_channels:
+        return "conv: depthwise"
+    return "conv: other"
+
+
+def onednn_group(fields):
+    """Report group of one ``onednn_verbose,...,exec`` line split at commas: convolutions by
+    ``conv_group`` (read from the problem descriptor, e.g. ``g32mb1_ic32oc32_ih256...``), any
+    other primitive by its kind."""
+    kind = fields[5]
+    if kind != "convolution":
+        return kind
+    desc = next(f for f in fields if "mb" in f and "_ic" in f)
+    m = re.match(r"(?:g(\d+))?mb\d+_ic(\d+)oc(\d+)_", desc)
+    if not m:
+        raise ValueError(f"unexpected oneDNN convolution descriptor: {desc}")
+    return conv_group(int(m.group(2)), int(m.group(1) or 1), int(m.group(3)))
+
+
+def onnxruntime_group(event):
+    """Report group of one node event of onnxruntime's profile (``cat == "Node"``)."""
+    op = event["args"]["op_name"]
+    if op not in ("Conv", "FusedConv"):
+        return op
+    x, w = (list(s.values())[0] for s in event["args"]["input_type_shape"][:2])
+    in_channels, out_channels, per_group = x[1], w[0], w[1]
+    return conv_group(in_channels, in_channels // per_group, out_channels)
+
+
 def onednn_primitive_times(deploy_dir, threads, runs):
-    """{primitive kind: ms per run} that oneDNN reports for a Paddle export, plus the wall
-    time per run measured around the same runs (verbose logging itself adds a little)."""
+    """{report group: ms per run} of what oneDNN reports for a Paddle export (see
+    ``onednn_group``), plus the wall time per run measured around the same runs (verbose
+    logging itself adds a little)."""
     env = dict(os.environ, ONEDNN_VERBOSE="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
@@ -113,10 +150,40 @@ def onednn_primitive_times(deploy_dir, threads, runs):
     for line in timed.splitlines():
         fields = line.split(",")
         if line.startswith("onednn_verbose,") and "primitive" in fields and "exec" in fields:
-            per_kind[fields[5]] += float(fields[-1]) / runs
+            per_kind[onednn_group(fields)] += float(fields[-1]) / runs
         elif line.startswith("@@wall "):
             wall = float(line.split()[1])
     return dict(per_kind), wall
+
+
+def onnxruntime_node_times(deploy_dir, threads, runs):
+    """{report group: ms per run} from onnxruntime's profiler over ``runs`` runs of an ONNX
+    export after 5 warm-up runs (a fresh session, so only the timed runs are profiled)."""
+    import onnxruntime as ort
+
+    from deploy.python.infer import DeployConfig, OnnxRunner, PredictorOptions
+
+    dep = DeployConfig(os.path.join(deploy_dir, "deploy.yaml"))
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    warm = OnnxRunner(dep, PredictorOptions(cpu_threads=threads))
+    for _ in range(5):
+        warm(x)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="mobileseg-ortprof-") as tmp:
+        so.profile_file_prefix = os.path.join(tmp, "profile")
+        sess = ort.InferenceSession(dep.file("onnx"), so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(runs):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    per_group = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_group[onnxruntime_group(e)] += e["dur"] / 1e3 / runs
+    return dict(per_group)
 
 
 def _verbose_worker(deploy_dir, threads, runs):
@@ -170,10 +237,11 @@ def main(argv=None):
             "shape": SMALL_SHAPE if stage == "small" else SHAPE}
             for (stage, backend), d in dirs.items()}
         times, _, errors = time_in_turns(specs, args.turns, args.runs_per_turn, work)
-        verbose = None
+        verbose = ort_nodes = None
         if args.onednn_verbose:
-            verbose = onednn_primitive_times(dirs[("lowres", "paddle")], threads,
-                                             args.turns * args.runs_per_turn)
+            runs = args.turns * args.runs_per_turn
+            verbose = onednn_primitive_times(dirs[("lowres", "paddle")], threads, runs)
+            ort_nodes = onnxruntime_node_times(dirs[("lowres", "onnxruntime")], threads, runs)
     for name, err in errors.items():
         print(f"{name}: failed: {err}")
     stats = {name: summarize(t) for name, t in times.items()}
@@ -198,13 +266,21 @@ def main(argv=None):
           f"{tail['onnxruntime']:.1f} ms | {tail['paddle'] - tail['onnxruntime']:+.1f} ms |")
     if verbose:
         kinds, wall = verbose
-        print(f"\noneDNN's own times in Paddle's lowres run (ms per run; wall {wall:.1f} ms with "
-              f"verbose logging on): " + ", ".join(f"{k} {v:.1f}" for k, v in
-                                                  sorted(kinds.items(), key=lambda kv: -kv[1])))
+        print(f"\nKernel times of the lowres stage, ms per run: oneDNN's (ONEDNN_VERBOSE) in "
+              f"Paddle's run (wall {wall:.1f} ms with verbose logging on) and onnxruntime's "
+              f"profiler (sum {sum(ort_nodes.values()):.1f} ms)\n")
+        print("| group | Paddle Inference (oneDNN) | onnxruntime |")
+        print("|---|---|---|")
+        groups = sorted(set(kinds) | set(ort_nodes),
+                        key=lambda g: (not g.startswith("conv:"), -kinds.get(g, 0), g))
+        for g in groups:
+            cells = [f"{d[g]:.2f} ms" if g in d else "-" for d in (kinds, ort_nodes)]
+            print(f"| {g} | {cells[0]} | {cells[1]} |")
     if args.save_json:
         with open(args.save_json, "w") as f:
             json.dump({"machine": machine, "threads": threads, "stats": stats,
-                       "onednn_verbose": verbose, "errors": errors}, f, indent=2)
+                       "onednn_verbose": verbose, "onnxruntime_profile": ort_nodes,
+                       "errors": errors}, f, indent=2)
     return 1 if errors else 0
 
 

@@ -53,3 +53,37 @@ def test_cut_exports_output_the_low_resolution_logits(tmp_path):
     # the served exports themselves are untouched
     served = PaddleRunner(DeployConfig(os.path.join(paddle_dir, "deploy.yaml")), opts)(x)
     assert served.shape == (1, 128, 256) and served.dtype == np.int32
+
+
+def _onednn_exec(kind, desc, ms):
+    return ("onednn_verbose,v1,primitive,exec,cpu,%s,brgconv:avx512_core,forward_inference,"
+            "src:f32:a:blocked:acdb::f0 wei:f32:a:blocked:Acdb32a::f0,"
+            "attr-post-ops:eltwise_clip:0:6,alg:convolution_direct,%s,%s" % (kind, desc, ms))
+
+
+def _ort_node(op, x_shape, w_shape):
+    return {"cat": "Node", "name": "Conv_1_kernel_time", "dur": 1000,
+            "args": {"op_name": op, "input_type_shape": [{"float": x_shape}, {"float": w_shape}]}}
+
+
+def test_kernel_groups_match_between_onednn_log_and_onnxruntime_profile():
+    """The per-kernel comparison puts a convolution in the same group whichever runtime ran it
+    (lines and events in the formats oneDNN 3.6 and onnxruntime 1.32 write)."""
+    stages = _stages_module()
+    cases = [  # (oneDNN descriptor, onnxruntime input and weight shapes, group)
+        ("mb1_ic3oc32_ih512oh256kh3sh2dh0ph1_iw1024ow512kw3sw2dw0pw1",
+         [1, 3, 512, 1024], [32, 3, 3, 3], "conv: first (3 input channels)"),
+        ("g32mb1_ic32oc32_ih256oh256kh3sh1dh0ph1_iw512ow512kw3sw1dw0pw1",
+         [1, 32, 256, 512], [32, 1, 3, 3], "conv: depthwise"),
+        ("mb1_ic32oc16_ih256oh256kh1sh1dh0ph0_iw512ow512kw1sw1dw0pw0",
+         [1, 32, 256, 512], [16, 32, 1, 1], "conv: other"),
+        ("g2mb1_ic64oc64_ih32oh32kh3sh1dh0ph1_iw64ow64kw3sw1dw0pw1",  # grouped, not depthwise
+         [1, 64, 32, 64], [64, 32, 3, 3], "conv: other"),
+    ]
+    for desc, x_shape, w_shape, group in cases:
+        assert stages.onednn_group(_onednn_exec("convolution", desc, "1.2").split(",")) == group
+        assert stages.onnxruntime_group(_ort_node("Conv", x_shape, w_shape)) == group
+    reorder = ("onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,"
+               "src:f32::blocked:acdb::f0 dst:f32::blocked:abcd::f0,,,1x320x16x32,0.0778809")
+    assert stages.onednn_group(reorder.split(",")) == "reorder"
+    assert stages.onnxruntime_group(_ort_node("Resize", [1, 19, 64, 128], [4])) == "Resize"
