@@ -37,8 +37,7 @@ import time
 import numpy as np
 
 from deploy.python.infer import (DeployConfig, DeployError, OnnxRunner, PaddleRunner,
-                                 PredictorOptions, check_device, cpu_count)
-from mobileseg_paddle.builder import one_line
+                                 PredictorOptions, check_device, cpu_count, last_line)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_GLOB = os.path.join(ROOT, "configs", "mobileseg", "mobileseg_*_cityscapes_1024x512_80k.yml")
@@ -200,7 +199,7 @@ def worker_main(spec_json):
             out = run(x)
         reply({"ready": True})
     except Exception as e:
-        reply({"error": one_line(e)})
+        reply({"error": last_line(e)})
         return 1
     for line in sys.stdin:
         cmd = line.split()
@@ -219,7 +218,7 @@ def worker_main(spec_json):
                 np.save(cmd[1], out)
                 reply({"saved": cmd[1]})
         except Exception as e:
-            reply({"error": one_line(e)})
+            reply({"error": last_line(e)})
     return 0
 
 
@@ -236,14 +235,14 @@ def time_in_turns(specs, blocks, per_block, work_dir, log=print):
                 workers[name] = w
                 times[name] = []
             except RuntimeError as e:
-                errors[name] = one_line(e)
+                errors[name] = last_line(e)
                 w.close()
         for _ in range(blocks):
             for name, w in list(workers.items()):
                 try:
                     times[name] += w.ask(f"run {per_block}")["times"]
                 except RuntimeError as e:
-                    errors[name] = one_line(e)
+                    errors[name] = last_line(e)
                     workers.pop(name).close()
         for name, w in workers.items():
             path = os.path.join(work_dir, f"output-{name}.npy")

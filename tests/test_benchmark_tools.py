@@ -87,3 +87,17 @@ def test_kernel_groups_match_between_onednn_log_and_onnxruntime_profile():
                "src:f32::blocked:acdb::f0 dst:f32::blocked:abcd::f0,,,1x320x16x32,0.0778809")
     assert stages.onednn_group(reorder.split(",")) == "reorder"
     assert stages.onnxruntime_group(_ort_node("Resize", [1, 19, 64, 128], [4])) == "Resize"
+
+
+def test_deploy_modules_import_without_paddle():
+    """The onnxruntime runner and the benchmark workers import deploy.benchmark and
+    deploy.python.infer: those must not load paddle (or paddleseg, which loads it) at import
+    time, or every onnxruntime measurement runs beside Paddle's OpenMP and oneDNN libraries."""
+    import subprocess
+    import sys
+
+    code = ("import sys, deploy.benchmark, deploy.python.infer, deploy.export; "
+            "print(sorted(m for m in ('paddle', 'paddleseg') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"

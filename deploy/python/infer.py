@@ -252,7 +252,7 @@ def _set_tensorrt(config, deploy, opts, pi):
             use_static=opts.trt_use_static,
             use_calib_mode=opts.precision == "int8" and opts.trt_calib_mode)
     except RuntimeError as e:  # a build without TensorRT refuses here
-        raise DeployError(f"TensorRT: {_last_line(e)}") from None
+        raise DeployError(f"TensorRT: {last_line(e)}") from None
     dynamic = deploy.dynamic_hw or deploy.input_shape[0] == -1
     if opts.shape_range_file:
         if not os.path.isfile(opts.shape_range_file):
@@ -302,7 +302,7 @@ class PaddleRunner:
             raise
         except Exception as e:  # an unreadable or damaged program or parameter file
             raise DeployError(f"cannot load {paddle_model_files(deploy, self.opts.program)[0]}: "
-                              f"{_last_line(e)}") from None
+                              f"{last_line(e)}") from None
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
 
@@ -337,7 +337,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(path, so, providers=providers)
         except Exception as e:
-            raise DeployError(f"cannot load {path}: {_last_line(e)}") from None
+            raise DeployError(f"cannot load {path}: {last_line(e)}") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, batch):
@@ -357,9 +357,14 @@ def create_runner(deploy, backend="auto", opts=None):
     raise DeployError(f"--backend: expected auto, paddle or onnxruntime, got {backend!r}")
 
 
-def _last_line(e):
+def last_line(e, limit=300):
+    """An exception's last non-empty message line (Paddle puts the cause last), cut to ``limit``
+    characters. (``mobileseg_paddle.builder.one_line`` does the same for the training side;
+    deploy modules do not import that package at import time, since importing it loads paddle
+    and paddleseg, and the onnxruntime runner and benchmark workers must stay without them.)"""
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    return lines[-1] if lines else type(e).__name__
+    text = lines[-1] if lines else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------------------------
