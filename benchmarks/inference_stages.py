@@ -132,19 +132,26 @@ def onnxruntime_group(event):
     return conv_group(in_channels, in_channels // per_group, out_channels)
 
 
+def _run_worker(flag, deploy_dir, threads, runs, **env):
+    """stdout of this script run as ``flag deploy_dir threads runs`` in a fresh process with
+    ``env`` added to the environment; a failure raises with the worker's last stderr line."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               **env)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), flag, deploy_dir, str(threads), str(runs)],
+        capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                           else f"{flag} worker exited with {proc.returncode}")
+    return proc.stdout
+
+
 def onednn_primitive_times(deploy_dir, threads, runs):
     """{report group: ms per run} of what oneDNN reports for a Paddle export (see
     ``onednn_group``), plus the wall time per run measured around the same runs (verbose
     logging itself adds a little)."""
-    env = dict(os.environ, ONEDNN_VERBOSE="1",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--_verbose_worker", deploy_dir,
-         str(threads), str(runs)], capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
-                           else f"verbose worker exited with {proc.returncode}")
-    timed = proc.stdout.split("@@start\n", 1)[1]
+    stdout = _run_worker("--_verbose_worker", deploy_dir, threads, runs, ONEDNN_VERBOSE="1")
+    timed = stdout.split("@@start\n", 1)[1]
     per_kind = collections.Counter()
     wall = None
     for line in timed.splitlines():
@@ -160,14 +167,8 @@ def onnxruntime_node_times(deploy_dir, threads, runs):
     """{report group: ms per run} from onnxruntime's profiler over ``runs`` runs of an ONNX
     export after 5 warm-up runs, plus the wall time per run of those profiled runs. Runs in a
     fresh process, like the oneDNN one, so both are measured the same way."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--_profile_worker", deploy_dir,
-         str(threads), str(runs)], capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
-                           else f"profile worker exited with {proc.returncode}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    stdout = _run_worker("--_profile_worker", deploy_dir, threads, runs)
+    result = json.loads(stdout.strip().splitlines()[-1])
     return result["groups"], result["wall"]
 
 
