@@ -189,7 +189,7 @@ def _profile_worker(deploy_dir, threads, runs):
         feed = {sess.get_inputs()[0].name: x}
         warmup = 5
         times = []
-        for i in range(warmup + runs):
+        for _ in range(warmup + runs):
             t0 = time.perf_counter()
             sess.run(None, feed)
             times.append(time.perf_counter() - t0)
