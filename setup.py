@@ -1,31 +1,34 @@
-"""mobileseg-paddle: MobileSeg models for PaddleSeg on Paddle 3.
+"""Packaging (metadata is in pyproject.toml). One thing needs code: a wheel carries the files
+the package uses that live outside it in the repository (configs/ and the Lite set-up script
+and C++/Android sources of deploy/lite/), copied to mobileseg_paddle/_data/ (see
+mobileseg_paddle/resources.py). An editable install reads them from the checkout instead."""
 
-Install the tested, pinned set with ``pip install -r requirements.txt && pip install -e .``
-(``requirements.txt`` is the lock; the ranges below only state what the code needs)."""
+import os
+import shutil
 
-from setuptools import find_packages, setup
+from setuptools import setup
+from setuptools.command.build_py import build_py
 
-setup(
-    name="mobileseg-paddle",
-    version="0.1.0",
-    description="MobileSeg semantic segmentation for phones and edge devices, on PaddleSeg",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.8,<3.12",
-    packages=find_packages(include=["mobileseg_paddle", "mobileseg_paddle.*",
-                                    "deploy", "deploy.*"]),
-    include_package_data=True,
-    install_requires=[
-        "paddlepaddle>=3.3,<3.4",  # or paddlepaddle-gpu of the same version
-        "paddleseg==2.8.0",
-        "numpy<2",  # paddleseg pins opencv-python<=4.6.0, built against numpy 1.x
-        "opencv-python<=4.6.0",
-        "PyYAML",
-    ],
-    extras_require={
-        "onnx": ["paddle2onnx", "onnx", "onnxruntime"],
-        "bench": ["matplotlib"],
-        "test": ["pytest"],
-    },
-    entry_points={"console_scripts": ["mobileseg=mobileseg_paddle.cli:main"]},
-)
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = ["configs", os.path.join("deploy", "lite", "setup_env.sh"),
+        os.path.join("deploy", "lite", "cpp"), os.path.join("deploy", "lite", "android"),
+        os.path.join("deploy", "lite", "README.md")]
+
+
+class BuildPyWithData(build_py):
+    def run(self):
+        super().run()
+        if self.editable_mode:
+            return
+        target = os.path.join(self.build_lib, "mobileseg_paddle", "_data")
+        for item in DATA:
+            src, dst = os.path.join(HERE, item), os.path.join(target, item)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            if os.path.isdir(src):
+                shutil.copytree(src, dst, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("build", "__pycache__"))
+            else:
+                shutil.copy2(src, dst)
+
+
+setup(cmdclass={"build_py": BuildPyWithData})

@@ -34,6 +34,18 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# none of these imports paddle: the onnxruntime profile worker runs without it
+from mobileseg_paddle import resources  # noqa: E402
+from mobileseg_paddle.deploy.benchmark import (  # noqa: E402
+    build_pair,
+    machine_description,
+    model_configs,
+    summarize,
+    time_in_turns,
+)
+from mobileseg_paddle.deploy.deploy_yaml import DeployConfig  # noqa: E402
+from mobileseg_paddle.deploy.runners import PredictorOptions, cpu_count, create_runner  # noqa: E402
+
 SHAPE, SMALL_SHAPE = [1, 3, 512, 1024], [1, 3, 64, 128]
 
 
@@ -41,8 +53,6 @@ def cut_paddle(deploy_dir, out_dir):
     """Copy of a legacy Paddle export whose output is the input of the last bilinear
     interpolation (the low-resolution logits): the ops after its producer are dropped."""
     from paddle.base import core
-
-    from deploy.python.infer import DeployConfig
 
     dep = DeployConfig(os.path.join(deploy_dir, "deploy.yaml"))
     desc = core.ProgramDesc(open(dep.file("legacy"), "rb").read())
@@ -79,8 +89,7 @@ def cut_onnx(deploy_dir, out_dir):
 
 def export_stages(config_path, work, seed):
     """{(stage, backend): deploy folder} for the stages described in the module docstring."""
-    from deploy.benchmark import build_pair
-    from deploy.export import export
+    from mobileseg_paddle.deploy.export import export  # (imports paddle)
 
     ours, _, _ = build_pair(config_path, seed)
     paddle_dir = os.path.dirname(export(config_path, os.path.join(work, "paddle"),
@@ -135,11 +144,9 @@ def onnxruntime_group(event):
 def _run_worker(flag, deploy_dir, threads, runs, **env):
     """stdout of this script run as ``flag deploy_dir threads runs`` in a fresh process with
     ``env`` added to the environment; a failure raises with the worker's last stderr line."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               **env)
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), flag, deploy_dir, str(threads), str(runs)],
-        capture_output=True, text=True, env=env, cwd=ROOT)
+        capture_output=True, text=True, env=resources.child_env(**env), cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
                            else f"{flag} worker exited with {proc.returncode}")
@@ -173,27 +180,20 @@ def onnxruntime_node_times(deploy_dir, threads, runs):
 
 
 def _profile_worker(deploy_dir, threads, runs):
-    import onnxruntime as ort
-
-    from deploy.python.infer import DeployConfig
-
     threads, runs = int(threads), int(runs)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.enable_profiling = True
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="mobileseg-ortprof-") as tmp:
-        so.profile_file_prefix = os.path.join(tmp, "profile")
-        path = DeployConfig(os.path.join(deploy_dir, "deploy.yaml")).file("onnx")
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: x}
+        opts = PredictorOptions(cpu_threads=threads,
+                                profile_file_prefix=os.path.join(tmp, "profile"))
+        runner = create_runner(DeployConfig(os.path.join(deploy_dir, "deploy.yaml")),
+                               "onnxruntime", opts)
         warmup = 5
         times = []
         for _ in range(warmup + runs):
             t0 = time.perf_counter()
-            sess.run(None, feed)
+            runner(x)
             times.append(time.perf_counter() - t0)
-        with open(sess.end_profiling()) as f:
+        with open(runner.end_profiling()) as f:
             events = json.load(f)
     # the profile holds every run: keep the node events of the last ``runs`` runs
     nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
@@ -206,10 +206,8 @@ def _profile_worker(deploy_dir, threads, runs):
 
 
 def _verbose_worker(deploy_dir, threads, runs):
-    from deploy.python.infer import DeployConfig, PaddleRunner, PredictorOptions
-
-    runner = PaddleRunner(DeployConfig(os.path.join(deploy_dir, "deploy.yaml")),
-                          PredictorOptions(cpu_threads=int(threads)))
+    runner = create_runner(DeployConfig(os.path.join(deploy_dir, "deploy.yaml")), "paddle",
+                           PredictorOptions(cpu_threads=int(threads)))
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     for _ in range(5):
         runner(x)
@@ -241,9 +239,6 @@ def main(argv=None):
                    help="also report oneDNN's own primitive times for Paddle's lowres stage")
     p.add_argument("--save_json", default=None)
     args = p.parse_args(argv)
-
-    from deploy.benchmark import machine_description, model_configs, summarize, time_in_turns
-    from deploy.python.infer import cpu_count
 
     threads = args.threads or cpu_count()
     machine = machine_description()

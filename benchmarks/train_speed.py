@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def batches(data_dir, count, batch_size=4, crop=256, seed=0):
     """``count`` (image, label) batches of ``crop`` x ``crop`` random crops, as numpy."""
     import cv2
+
     from mobileseg_paddle import synthetic
     if data_dir is None:
         data_dir = synthetic.generate(os.path.join(tempfile.gettempdir(), "msp_bench_data"),
@@ -88,20 +89,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import paddle
-    import mobileseg_paddle  # noqa: F401  (registers the MSP_ components)
+
+    import mobileseg_paddle.register  # noqa: F401  (registers the MSP_ components)
     from mobileseg_paddle import compat
     from mobileseg_paddle.losses import OhemCrossEntropyLoss
     compat.apply()
     paddle.set_device("cpu")
     paddle.seed(0)
     num_classes = 2 if args.data else 4
-    data = [(paddle.to_tensor(i), paddle.to_tensor(l))
-            for i, l in batches(args.data, args.iters + 2)]
+    data = [(paddle.to_tensor(img), paddle.to_tensor(lab))
+            for img, lab in batches(args.data, args.iters + 2)]
     losses = {"types": [OhemCrossEntropyLoss(min_kept=130000)] * 3, "coef": [1, 1, 1]}
     runs = {"ours (MSP_MobileSeg)": build(True, num_classes),
             "paddleseg MobileSeg": build(False, num_classes)}
     times = {name: [] for name in runs}
-    for name, (model, opt) in runs.items():  # warm-up
+    for model, opt in runs.values():  # warm-up
         model.train()
         for img, label in data[:2]:
             step(model, opt, losses, img, label)

@@ -2,10 +2,9 @@
 
 ``train``, ``val`` and ``predict`` take the flags of PaddleSeg's tools/train.py, tools/val.py and
 tools/predict.py with the same meanings and run ``paddleseg.core.train/evaluate/predict``;
-``export``, ``infer``, ``bench`` and ``lite`` hand the rest of the command line to the ``deploy``
-package; ``quickstart`` runs the offline quick start. Bad input ends with one line on stderr
-and exit status 2: ``mobileseg <command>: error: ...`` for the PaddleSeg commands, ``error: ...``
-from the deploy commands.
+``export``, ``infer``, ``bench`` and ``lite`` hand the rest of the command line to
+``mobileseg_paddle.deploy``; ``quickstart`` runs the offline quick start. Bad input ends with one
+line on stderr, ``mobileseg <command>: error: ...``, and exit status 2 (``errors.run_main``).
 
 Multi-GPU / multi-node: ``python -m paddle.distributed.launch [--devices 0,1] \\
     mobileseg_paddle/__main__.py train --config ...`` (the same entry in every process).
@@ -15,19 +14,20 @@ import argparse
 import os
 import sys
 
-from . import compat
-from .builder import one_line
-from .checkpoint import CheckpointError
-from .checks import InputError
+from . import compat, register  # noqa: F401  (register: the MSP_ components)
+from .builder import build_model
+from .config import load_config
+from .errors import UserError, one_line, run_main
 
 compat.apply()  # paddleseg 2.8 on Paddle 3: see compat.py
 
-EXIT_BAD_INPUT = 2
 DEPLOY_COMMANDS = {  # subcommand -> (module, help)
-    "export": ("deploy.export", "export an inference model (see deploy/export.py)"),
-    "infer": ("deploy.python.infer", "run an exported model with Paddle Inference"),
-    "bench": ("deploy.benchmark", "benchmark exported models"),
-    "lite": ("deploy.lite", "convert/run models with Paddle Lite"),
+    "export": ("mobileseg_paddle.deploy.export", "export an inference model (see deploy/export.py)"),
+    "infer": ("mobileseg_paddle.deploy.infer", "run an exported model with Paddle Inference"),
+    "bench": ("mobileseg_paddle.deploy.benchmark", "benchmark exported models"),
+    "lite": ("mobileseg_paddle.deploy.lite", "convert/run models with Paddle Lite"),
+    "paddleseg": ("mobileseg_paddle.paddleseg_tools",
+                  "run a PaddleSeg script (tools/train.py ...) with our components"),
 }
 
 
@@ -86,6 +86,9 @@ def build_parser():
     _add_precision(p)
     p.add_argument("--profiler_options", help="paddleseg train profiler options.")
     p.add_argument("--repeats", type=int, default=1, help="Repeat the training list N times.")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Train into a --save_dir that holds checkpoints of an earlier run "
+                        "(refused otherwise, unless resuming).")
 
     p = sub.add_parser("val", help="evaluate mIoU (as PaddleSeg's tools/val.py)")
     _add_common(p)
@@ -118,35 +121,14 @@ def build_parser():
 
 # --- shared steps -------------------------------------------------------------------------------
 
-def load_config(path, opts=None, **overrides):
-    """paddleseg ``Config`` + our checks; every problem is one ``InputError``."""
-    from paddleseg.cvlibs import Config
-    from .checks import check_config
-    if not os.path.isfile(path):
-        raise InputError(f"--config {path}: file not found")
-    if not path.endswith((".yml", ".yaml")):
-        raise InputError(f"--config {path}: expected a .yml/.yaml file")
-    for item in opts or []:
-        if item.count("=") != 1:
-            raise InputError(f"--opts {item!r}: expected key=value")
-    try:
-        cfg = Config(path, opts=opts, **overrides)
-    except InputError:
-        raise
-    except Exception as e:  # yaml errors, paddleseg's asserts and rule failures
-        raise InputError(f"config {path}: {one_line(e)}") from None
-    check_config(cfg)
-    return cfg
-
-
 def build(builder, what):
     """``builder.<what>`` with builder failures turned into one line."""
     try:
         return getattr(builder, what)
-    except (InputError, CheckpointError):
+    except UserError:
         raise
     except Exception as e:
-        raise InputError(f"config {what}: {one_line(e)}") from None
+        raise UserError(f"config {what}: {one_line(e)}") from None
 
 
 def checked_dataset(builder, what):
@@ -156,12 +138,11 @@ def checked_dataset(builder, what):
     return CheckedDataset(dataset, what)
 
 
-def load_weights(model, path):
-    """Strict load (missing file, other num_classes, other model: one error)."""
-    from .checkpoint import load_pretrained
-    if not os.path.exists(path):
-        raise InputError(f"--model_path {path}: file not found")
-    load_pretrained(model, path)
+def model_of(cfg, model_path=None, seg_builder=None):
+    """The config's model through the one builder, with ``model_path``'s weights loaded strictly
+    (missing file, other num_classes, other model: one error); without it the config's own
+    ``pretrained`` weights. In eval mode (paddleseg's train switches it to training)."""
+    return build_model(cfg, model_path, seg_builder=seg_builder)[0]
 
 
 SHOW_SETUP_INFO = True  # the quick start turns the repeated environment/config dump off
@@ -178,22 +159,29 @@ def _setup(args, cfg):
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_train(args):
-    from paddleseg.cvlibs import SegBuilder
     from paddleseg.core import train
+    from paddleseg.cvlibs import SegBuilder
     from paddleseg.utils import utils
     cfg = load_config(args.config, args.opts, learning_rate=args.learning_rate,
                       iters=args.iters, batch_size=args.batch_size)
+    _check_train_args(args)
     if args.resume_model:
         compat.check_checkpoint(args.resume_model)
     builder = SegBuilder(cfg)
     _setup(args, cfg)
     utils.set_seed(args.seed)
     utils.set_cv2_num_threads(args.num_workers)
-    model = utils.convert_sync_batchnorm(build(builder, "model"), args.device)
+    model = utils.convert_sync_batchnorm(model_of(cfg, seg_builder=builder), args.device)
     train_dataset = checked_dataset(builder, "train_dataset")
     if args.repeats > 1:
         train_dataset.file_list *= args.repeats
+    if len(train_dataset) < cfg.batch_size:
+        raise UserError(f"train_dataset: {len(train_dataset)} samples, fewer than batch_size "
+                        f"{cfg.batch_size}; paddleseg drops an incomplete batch, so training "
+                        f"would never start: lower batch_size or add samples")
     val_dataset = checked_dataset(builder, "val_dataset") if args.do_eval else None
+    from . import distributed
+    watchdog = distributed.start(model)  # several processes: exit when a peer is lost
     train(model, train_dataset, val_dataset=val_dataset, optimizer=build(builder, "optimizer"),
           save_dir=args.save_dir, iters=cfg.iters, batch_size=cfg.batch_size,
           resume_model=args.resume_model, save_interval=args.save_interval,
@@ -201,13 +189,44 @@ def cmd_train(args):
           losses=build(builder, "loss"), keep_checkpoint_max=args.keep_checkpoint_max,
           test_config=cfg.test_config, precision=args.precision, amp_level=args.amp_level,
           profiler_options=args.profiler_options, to_static_training=cfg.to_static_training)
+    if watchdog is not None:
+        watchdog.stop()
     print(f"checkpoints: {os.path.abspath(args.save_dir)}")
     return 0
+
+
+def _check_train_args(args):
+    """Flags paddleseg would take and then fail on (or hang with), as one line each."""
+    for flag in ("save_interval", "log_iters", "keep_checkpoint_max", "repeats"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.num_workers < 0:
+        raise UserError(f"--num_workers must be >= 0, got {args.num_workers}")
+    earlier = _earlier_checkpoints(args.save_dir)
+    if earlier and not (args.resume_model or args.overwrite):
+        raise UserError(f"--save_dir {args.save_dir} holds checkpoints of an earlier run "
+                        f"({', '.join(earlier)}): resume with --resume_model "
+                        f"{os.path.join(args.save_dir, earlier[0])}, choose another --save_dir, "
+                        f"or pass --overwrite")
+
+
+def _earlier_checkpoints(save_dir):
+    if not os.path.isdir(save_dir):
+        return []
+    names = [n for n in os.listdir(save_dir) if n == "best_model" or compat.is_iter_dir(n)]
+    return sorted(names, key=lambda n: (n == "best_model", -compat.iteration_of(n)))
+
+
+def _check_scales(args, aug_flag):
+    scales = args.scales if isinstance(args.scales, list) else [args.scales]
+    if any(not s > 0 for s in scales):
+        raise UserError(f"--scales must be positive, got {' '.join(map(str, scales))}")
 
 
 def _test_config(cfg, args, aug_flag):
     """PaddleSeg's merge of the config's test_config with the command-line flags."""
     from paddleseg.utils import logger
+    _check_scales(args, aug_flag)
     test_config = cfg.test_config
     test_config.pop("aug_eval", None)
     if getattr(args, aug_flag):
@@ -218,15 +237,15 @@ def _test_config(cfg, args, aug_flag):
         logger.warning(f"--scales/--flip_* take effect only with --{aug_flag}")
     if args.is_slide:
         if not args.crop_size or not args.stride:
-            raise InputError("--is_slide needs --crop_size W H and --stride W H")
+            raise UserError("--is_slide needs --crop_size W H and --stride W H")
         test_config.update(is_slide=True, crop_size=args.crop_size, stride=args.stride)
     return test_config
 
 
 def run_val(args):
     """Evaluate as tools/val.py does; return {'miou', 'acc', 'kappa', 'class_iou'}."""
-    from paddleseg.cvlibs import SegBuilder
     from paddleseg.core import evaluate
+    from paddleseg.cvlibs import SegBuilder
     from paddleseg.utils import logger
     cfg = load_config(args.config, args.opts)
     builder = SegBuilder(cfg)
@@ -234,9 +253,8 @@ def run_val(args):
     if args.auc_roc:
         test_config["auc_roc"] = True
     _setup(args, cfg)
-    model = build(builder, "model")
+    model = model_of(cfg, args.model_path)
     if args.model_path:
-        load_weights(model, args.model_path)
         logger.info("Loaded trained weights successfully.")
     else:
         logger.warning("no --model_path: evaluating the weights the config builds")
@@ -254,11 +272,56 @@ def cmd_val(args):
     return 0
 
 
+MIN_PREDICT_SIZE = 32  # one pixel at the backbone's stride 32
+
+
+def _encodable(paths, logger):
+    """Paths without the file names that are not valid UTF-8 (OpenCV crashes on them), each
+    skipped with a warning."""
+    kept = []
+    for path in paths:
+        try:
+            path.encode("utf-8")
+            kept.append(path)
+        except UnicodeEncodeError:
+            logger.warning(f"skipped {path.encode('utf-8', 'surrogateescape')!r}: the file name is "
+                           f"not valid UTF-8")
+    if not kept:
+        raise UserError("--image_path: no image with a readable file name")
+    return kept
+
+
+def _check_predict_outputs(image_list, image_dir, save_dir):
+    """paddleseg's predict names its outputs by each image's path relative to ``image_dir``
+    (minus the extension for the mask): refuse a list whose outputs would leave ``save_dir``,
+    land on an input, or share a name, before anything is written."""
+    root = os.path.realpath(save_dir)
+    inputs = {os.path.realpath(p) for p in image_list}
+    seen = {}
+    for path in image_list:
+        name = path.replace(image_dir, "") if image_dir is not None else os.path.basename(path)
+        name = name.lstrip("/\\")
+        for sub, out in (("added_prediction", name),
+                         ("pseudo_color_prediction", os.path.splitext(name)[0] + ".png")):
+            target = os.path.realpath(os.path.join(root, sub, out))
+            if os.path.commonpath([target, root]) != root:
+                raise UserError(f"--image_path: {path} would be written outside --save_dir "
+                                f"({target}); list images inside the list file's folder")
+            if target in inputs:
+                raise UserError(f"--save_dir {save_dir}: the result for {path} would overwrite "
+                                f"the input image {target}")
+            if target in seen:
+                raise UserError(f"--image_path: {seen[target]} and {path} would both be written "
+                                f"to {target}; rename one of them")
+            seen[target] = path
+
+
 def cmd_predict(args):
-    from paddleseg.cvlibs import SegBuilder
     from paddleseg.core import predict
+    from paddleseg.cvlibs import SegBuilder
     from paddleseg.transforms import Compose
     from paddleseg.utils import get_image_list, logger
+
     from .checks import _image_size
     cfg = load_config(args.config, args.opts)
     builder = SegBuilder(cfg)
@@ -267,16 +330,20 @@ def cmd_predict(args):
         test_config["custom_color"] = args.custom_color
     _setup(args, cfg)
     if not os.path.exists(args.image_path):
-        raise InputError(f"--image_path {args.image_path}: not found (expected an image, a folder "
+        raise UserError(f"--image_path {args.image_path}: not found (expected an image, a folder "
                          f"or a file listing images)")
     try:
         image_list, image_dir = get_image_list(args.image_path)
     except Exception as e:
-        raise InputError(f"--image_path {args.image_path}: {one_line(e)}") from None
+        raise UserError(f"--image_path {args.image_path}: {one_line(e)}") from None
+    image_list = _encodable(image_list, logger)
+    _check_predict_outputs(image_list, image_dir, args.save_dir)
     for path in image_list:
-        _image_size(path, "image")
-    model = build(builder, "model")
-    load_weights(model, args.model_path)
+        size = _image_size(path, "image")
+        if min(size) < MIN_PREDICT_SIZE:
+            raise UserError(f"image {path} is {size[0]}x{size[1]} pixels; expected at least "
+                            f"{MIN_PREDICT_SIZE}x{MIN_PREDICT_SIZE}")
+    model = model_of(cfg, args.model_path)
     img_channels = cfg.val_dataset_cfg.get("img_channels", 3)
     transforms = Compose(build(builder, "val_transforms"), img_channels=img_channels)
     logger.info(f"The number of images: {len(image_list)}")
@@ -284,7 +351,7 @@ def cmd_predict(args):
         predict(model, model_path=args.model_path, transforms=transforms, image_list=image_list,
                 image_dir=image_dir, save_dir=args.save_dir, **test_config)
     except Exception as e:
-        raise InputError(f"prediction failed: {one_line(e)}") from None
+        raise UserError(f"prediction failed: {one_line(e)}") from None
     print(f"overlays: {os.path.abspath(os.path.join(args.save_dir, 'added_prediction'))}")
     print(f"masks: {os.path.abspath(os.path.join(args.save_dir, 'pseudo_color_prediction'))}")
     return 0
@@ -306,10 +373,9 @@ def run_deploy(command, argv):
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise InputError(f"{module_name} is not available in this installation") from None
+            raise UserError(f"{module_name} is not available in this installation") from None
         raise
-    result = module.main(argv)
-    return result if isinstance(result, int) else 0
+    return module.main(argv)
 
 
 COMMANDS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict,
@@ -326,11 +392,4 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         command = args.command
         runner = lambda: COMMANDS[command](args)  # noqa: E731
-    try:
-        return runner()
-    except (InputError, CheckpointError, compat.EvaluationFailed) as e:
-        print(f"mobileseg {command}: error: {compat.loader_error_message(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"mobileseg {command}: interrupted", file=sys.stderr)
-        return 130
+    return run_main(command, runner)

@@ -1,44 +1,56 @@
-"""Runtime fixes that let paddleseg 2.8.0's trainer and evaluator run on Paddle 3.3.
+"""Runtime fixes that let paddleseg's trainer and evaluator run on Paddle 3.3.
 
 Nothing in site-packages is edited: ``apply()`` swaps a few names inside paddleseg's modules and
 is idempotent. The training entry (``mobileseg_paddle.cli``) calls it at import. Each fix has a
 test in tests/test_compat.py that fails on the unpatched behaviour.
 
+A fix is installed only where the installed paddleseg needs it: each has a probe (``PROBES``)
+that looks at the unpatched code or runs it, never at the version string (a develop install
+says ``0.0.0.dev0``). ``needed()`` answers for every fix, ``applied()`` says which are in.
+
 1. ``loss_computation``: the trainer logs ``loss.numpy()[0]``, which fails on the 0-D tensors
    Paddle 3 losses return; every loss is reshaped to [1] (our own losses already return [1]).
+   Probe: the trainer's code calls ``.numpy()`` (2.8.0). A trainer that logs ``float(loss)``
+   (develop) takes 0-D losses as they are.
 2. ``metrics.calculate_area`` concatenates 0-D sums, which Paddle 3 rejects; the replacement
-   stacks them (same counts).
+   stacks them (same counts). Probe: the installed function, called on a two-pixel input,
+   fails, and has 2.8.0's parameters (develop's works, and takes ``use_multilabel``, which the
+   replacement would refuse).
 3. The trainer evaluates before it saves, so a crash in evaluation lost the weights. Evaluation
    failures are now held back until the checkpoint of that iteration is written, then raised
-   as ``EvaluationFailed`` naming where the weights are.
+   as ``EvaluationFailed`` naming where the weights are. Probe: the trainer's code calls
+   ``evaluate`` before ``paddle.save``.
 4. Checkpoints: ``iter_N/`` is written into a hidden staging folder and renamed into place once
    both ``model.pdparams`` and ``model.pdopt`` are complete; every other file the trainer saves
-   (``best_model/model.pdparams``) goes to a temporary file and is renamed over the old one.
-   A kill at any moment leaves either the previous state or a complete checkpoint.
+   (``best_model/model.pdparams``, develop's ``model.pdstates``) goes to a temporary file and is
+   renamed over the old one. A kill at any moment leaves either the previous state or a
+   complete checkpoint. Probe: the trainer writes through its module's ``paddle.save``.
 5. ``resume`` refuses an incomplete checkpoint folder with one clear error, loads the weights
    strictly (no silently skipped keys) and restores optimizer state, LR schedule and iteration.
+   Probe: the trainer restores through its module's ``resume`` (paddleseg's loads leniently).
 6. Paddle 3.3's ``DataLoader`` reads batches in a background thread; when the dataset raises
    (a corrupt image, a bad label) and ``num_workers=0`` the thread dies and the main thread
    waits forever; with workers the main thread gets "Blocking queue is killed" without the
-   cause. The loader threads now keep the exception and ``__next__`` raises it.
+   cause. The loader threads now keep the exception and ``__next__`` raises it. This one is
+   Paddle's, not paddleseg's: its probe only checks that the loader has the methods wrapped.
 """
 
+import dis
+import inspect
 import math
 import os
 import re
 import shutil
 import sys
+import types
 
 import paddle
 
-from .checkpoint import CheckpointError, load_pretrained
+from .checkpoint import load_pretrained, load_state
+from .errors import EvaluationFailed, UserError
 
 CHECKPOINT_FILES = ("model.pdparams", "model.pdopt")
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
-
-
-class EvaluationFailed(RuntimeError):
-    """Evaluation during training failed; the weights of that iteration were saved first."""
 
 
 def _train_module():
@@ -102,13 +114,18 @@ def _write_atomic(obj, path):
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    paddle.save(obj, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)  # the bytes are on disk before the name points at them
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        paddle.save(obj, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes are on disk before the name points at them
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     _fsync_dir(folder)
 
 
@@ -127,9 +144,24 @@ def staging_dir(ckpt_dir):
 
 
 def save_for_trainer(obj, path, *args, **kwargs):
-    """Stand-in for ``paddle.save`` inside paddleseg's trainer (see fix 4 in the docstring)."""
+    """Stand-in for ``paddle.save`` inside paddleseg's trainer (see fix 4 in the docstring). A
+    write that fails (a full disk) leaves no partial file, staging folder or empty ``iter_N``
+    and is one ``UserError``; the checkpoints written before stay."""
     if not isinstance(path, str):
         return paddle.save(obj, path, *args, **kwargs)
+    try:
+        return _save_checkpoint_file(obj, path)
+    except OSError as e:
+        ckpt_dir = os.path.dirname(os.path.normpath(path))
+        if _ITER_DIR.match(os.path.basename(ckpt_dir)):
+            shutil.rmtree(staging_dir(ckpt_dir), ignore_errors=True)
+            if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
+                os.rmdir(ckpt_dir)  # the empty folder the trainer made for it
+        raise UserError(f"cannot write {path}: {e.strerror or e} (the checkpoints written "
+                        f"before are intact)") from None
+
+
+def _save_checkpoint_file(obj, path):
     ckpt_dir, name = os.path.split(os.path.normpath(path))
     if not _ITER_DIR.match(os.path.basename(ckpt_dir)) or name not in CHECKPOINT_FILES:
         return _write_atomic(obj, path)
@@ -160,17 +192,27 @@ class _PaddleForTrainer:
 
 # --- 5. resume -------------------------------------------------------------------------------
 
+def is_iter_dir(name):
+    return bool(_ITER_DIR.match(name))
+
+
+def iteration_of(name):
+    """N of ``iter_N`` (-1 for any other name)."""
+    m = _ITER_DIR.match(name)
+    return int(m.group(1)) if m else -1
+
+
 def check_checkpoint(ckpt_dir):
-    """Raise ``CheckpointError`` unless ``ckpt_dir`` is a complete ``iter_N`` checkpoint."""
+    """Raise ``UserError`` unless ``ckpt_dir`` is a complete ``iter_N`` checkpoint."""
     ckpt_dir = os.path.normpath(ckpt_dir)
     if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"--resume_model {ckpt_dir}: no such checkpoint folder")
+        raise UserError(f"--resume_model {ckpt_dir}: no such checkpoint folder")
     if not _ITER_DIR.match(os.path.basename(ckpt_dir)):
-        raise CheckpointError(f"--resume_model {ckpt_dir}: expected a folder named iter_<N> "
+        raise UserError(f"--resume_model {ckpt_dir}: expected a folder named iter_<N> "
                               f"written by training")
     missing = [f for f in CHECKPOINT_FILES if not os.path.isfile(os.path.join(ckpt_dir, f))]
     if missing:
-        raise CheckpointError(f"--resume_model {ckpt_dir} is incomplete: missing "
+        raise UserError(f"--resume_model {ckpt_dir} is incomplete: missing "
                               f"{', '.join(missing)}")
 
 
@@ -183,12 +225,8 @@ def resume(model, optimizer, resume_model):
     ckpt_dir = os.path.normpath(resume_model)
     logger.info(f"Resume model from {ckpt_dir}")
     load_pretrained(model, os.path.join(ckpt_dir, "model.pdparams"))
-    opt_path = os.path.join(ckpt_dir, "model.pdopt")
-    try:
-        opt_state = paddle.load(opt_path)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {opt_path}: {type(e).__name__}: {e}") from None
-    optimizer.set_state_dict(opt_state)
+    # a pickle too: the same guarded loader as the weights
+    optimizer.set_state_dict(load_state(os.path.join(ckpt_dir, "model.pdopt")))
     return int(_ITER_DIR.match(os.path.basename(ckpt_dir)).group(1))
 
 
@@ -220,12 +258,80 @@ def _raise_thread_error(next_batch):
     return __next__
 
 
-def loader_error_message(error):
-    """The message of the dataset's own exception inside a worker's re-raised one."""
-    lines = [ln for ln in str(error).strip().splitlines() if ln.strip()]
-    if len(lines) > 1 and "DataLoader worker" in lines[0]:
-        return lines[-1].split(": ", 1)[-1]
-    return str(error)
+# --- which fixes the installed paddleseg needs ---------------------------------------------------
+
+def _code_names(func):
+    """Every global and attribute name that ``func``'s code uses, its comprehensions included."""
+    names, todo = set(), [func.__code__]
+    while todo:
+        code = todo.pop()
+        names.update(code.co_names)
+        todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return names
+
+
+def _first_use(func, name):
+    """Offset of the first instruction of ``func`` that names ``name`` (None: never)."""
+    return next((i.offset for i in dis.get_instructions(func) if i.argval == name), None)
+
+
+def _trainer():
+    import paddleseg.core.train  # noqa: F401  (make sure the module is loaded)
+    return _train_module().train
+
+
+# 1. 2.8.0 logs loss.numpy()[0]; develop logs float(loss), and warns on a 1-D loss
+def _needs_losses():
+    return "numpy" in _code_names(_trainer())
+
+
+# 2. run it: 2.8.0 fails on any input, develop's works (and takes use_multilabel)
+CALCULATE_AREA_PARAMS = ["pred", "label", "num_classes", "ignore_index"]  # 2.8.0's, and ours
+
+
+def _needs_metrics():
+    from paddleseg.utils import metrics
+    original = _ORIGINAL.get((metrics, "calculate_area"), metrics.calculate_area)
+    if list(inspect.signature(original).parameters) != CALCULATE_AREA_PARAMS:
+        return False  # another function: ours could not stand in for it
+    pixels = paddle.to_tensor([[[0, 1]]], dtype="int64", place=paddle.CPUPlace())
+    try:
+        original(pixels, pixels, 2)
+    except ValueError:  # "The axis is expected to be in range of [0, 0)": concat of 0-D sums
+        return True
+    return False
+
+
+# 3.-5. both 2.8.0 and develop: evaluate, then a plain paddle.save, and paddleseg's resume
+def _needs_evaluate():
+    evaluated, saved = _first_use(_trainer(), "evaluate"), _first_use(_trainer(), "save")
+    return evaluated is not None and saved is not None and evaluated < saved
+
+
+def _needs_checkpoints():
+    train = _trainer()
+    return "paddle" in train.__code__.co_names and "save" in _code_names(train)
+
+
+def _needs_resume():
+    return "resume" in _trainer().__code__.co_names
+
+
+# 6. Paddle's own: only that the methods wrapped are there
+def _needs_loader():
+    from paddle.io.dataloader import dataloader_iter as di
+    return all(hasattr(cls, name) for cls in (di._DataLoaderIterSingleProcess,
+                                              di._DataLoaderIterMultiProcess)
+               for name in ("_thread_loop", "__next__", "_exit_thread_unexpectedly"))
+
+
+PROBES = {"losses": _needs_losses, "metrics": _needs_metrics, "evaluate": _needs_evaluate,
+          "checkpoints": _needs_checkpoints, "resume": _needs_resume, "loader": _needs_loader}
+
+
+def needed():
+    """{fix: whether the installed paddleseg (and Paddle) need it}, probed on the unpatched code."""
+    return {fix: bool(PROBES[fix]()) for fix in FIXES}
 
 
 # --- applying ----------------------------------------------------------------------------------
@@ -252,11 +358,21 @@ def _patch_table():
 
 
 def apply(*fixes):
-    """Install the fixes (all, or the named ones of ``FIXES``); idempotent."""
+    """Install the fixes (all, or the named ones of ``FIXES``) that the installed paddleseg
+    needs (see ``PROBES``); idempotent."""
+    need = {}
     for fix, owner, attr, make in _patch_table():
         if (not fixes or fix in fixes) and (owner, attr) not in _ORIGINAL:
-            _ORIGINAL[(owner, attr)] = original = getattr(owner, attr)
-            setattr(owner, attr, make(original))
+            if fix not in need:
+                need[fix] = PROBES[fix]()  # before the first swap of this fix
+            if need[fix]:
+                _ORIGINAL[(owner, attr)] = original = getattr(owner, attr)
+                setattr(owner, attr, make(original))
+
+
+def applied():
+    """The fixes that are installed now."""
+    return {fix for fix, owner, attr, _ in _patch_table() if (owner, attr) in _ORIGINAL}
 
 
 def revert(*fixes):

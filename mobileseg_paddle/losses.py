@@ -14,6 +14,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+__all__ = ["CrossEntropyLoss", "OhemCrossEntropyLoss"]
+
 
 def _labels_nhw(label, logit_ndim):
     """(N, 1, H, W) -> (N, H, W) int64; (N, H, W) unchanged apart from the dtype."""

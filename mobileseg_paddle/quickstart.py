@@ -82,7 +82,7 @@ def run(args):
     status = cli.main(["train", "--config", config_path, "--device", "cpu", "--save_dir",
                        save_dir, "--save_interval", args.iters, "--log_iters", args.log_iters,
                        "--num_workers", args.num_workers, "--seed", args.seed,
-                       "--keep_checkpoint_max", "1"])
+                       "--keep_checkpoint_max", "1", "--overwrite"])  # a re-run starts over
     if status:
         return status
     weights = os.path.join(save_dir, f"iter_{args.iters}", "model.pdparams")

@@ -2,9 +2,9 @@
 
 Each image shows a few shapes (disks, rectangles, triangles) on a textured, noisy background.
 Each class has its own outline and its own surface pattern (level stripes, checks, diagonal
-stripes; blotches for the background), but all colours come from one distribution and noise is added everywhere, so
-the colour of a pixel says nothing about its class: the model has to look at the neighbourhood
-(pattern and outline), i.e. use context.
+stripes; blotches for the background), but all colours come from one distribution and noise is
+added everywhere, so the colour of a pixel says nothing about its class: the model has to look
+at the neighbourhood (pattern and outline), i.e. use context.
 
 Layout written under ``root``::
 

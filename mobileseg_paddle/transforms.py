@@ -16,6 +16,8 @@ It changes ``data['label']`` only (train and val) and leaves values not in ``map
 
 import numpy as np
 
+__all__ = ["MapLabels"]
+
 
 class MapLabels:
     """Map label values: either ``mapping`` {old: new} or ``threshold`` (>= -> 1, below -> 0).

@@ -8,7 +8,7 @@ _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$_root/.venv}"
 PYTHON="${PYTHON:-python3}"
 _stamp="$VENV/.mobileseg-requirements.sha256"
-_want="$(cat "$_root/requirements.txt" "$_root/setup.py" | sha256sum | cut -d' ' -f1)"
+_want="$(cat "$_root/requirements.txt" "$_root/setup.py" "$_root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment $VENV with $($PYTHON --version 2>&1)"
   "$PYTHON" -m venv "$VENV"

@@ -1,7 +1,24 @@
 import os
+import shutil
 import sys
 
-# Tests import the package and the top-level `deploy` package from the checkout.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import pytest
+
+# Tests import the package from the checkout, and their helpers as ``helpers`` (tests/helpers).
+TESTS = os.path.dirname(os.path.abspath(__file__))
+for path in (os.path.dirname(TESTS), TESTS):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+@pytest.fixture(scope="session")
+def data_src(tmp_path_factory):
+    """The tiny synthetic dataset (4 training, 2 validation images of 64x64), made once."""
+    from helpers.train_helpers import make_data
+    return make_data(tmp_path_factory.mktemp("src") / "data", num_train=4, num_val=2, size=64)
+
+
+@pytest.fixture
+def data(tmp_path, data_src):
+    """A private copy of the tiny dataset that a test may break."""
+    return shutil.copytree(data_src, tmp_path / "data")

@@ -1,26 +1,13 @@
 """Bad input: one clear error line naming the file or field, and exit status 2."""
 
-import shutil
 
 import numpy as np
 import paddle
-import pytest
 from PIL import Image
 
-import mobileseg_paddle  # noqa: F401
+import mobileseg_paddle.register  # noqa: F401  (registers the MSP_ components)
+from helpers.train_helpers import config_dict, run_module, write_config
 from mobileseg_paddle import cli
-from train_helpers import config_dict, make_data, run_module, write_config
-
-
-@pytest.fixture(scope="module")
-def data_src(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("src") / "data", num_train=4, num_val=2, size=64)
-
-
-@pytest.fixture
-def data(tmp_path, data_src):
-    """A private copy of the tiny dataset that a test may break."""
-    return shutil.copytree(data_src, tmp_path / "data")
 
 
 def run(capsys, *argv):
@@ -142,7 +129,8 @@ def test_model_path_missing_or_other_num_classes(tmp_path, capsys, data):
     for command in (["val"], ["predict", "--image_path", data / "images"]):
         status, err = run(capsys, *command, "--config", cfg, "--device", "cpu",
                           "--model_path", tmp_path / "nope.pdparams")
-        assert status == 2 and err.endswith("nope.pdparams: file not found"), err
+        assert status == 2 and err == (f"mobileseg {command[0]}: error: --model_path: weights file "
+                                       f"not found: {tmp_path / 'nope.pdparams'}"), err
 
     other = _weights(tmp_path, data, num_classes=3)
     for command in (["val"], ["predict", "--image_path", data / "images"]):
@@ -172,4 +160,4 @@ def test_real_command_exit_status_and_single_line(tmp_path, data):
     proc = run_module("train", "--config", cfg, "--device", "cpu", timeout=120)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
-    assert lines == [lines[-1]] and lines[-1].startswith("mobileseg train: error: config")
+    assert lines == [lines[-1]] and lines[-1].startswith("mobileseg train: error: --config")

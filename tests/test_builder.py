@@ -13,11 +13,12 @@ import paddle
 import pytest
 import yaml
 
-import mobileseg_paddle  # noqa: F401  (registers MSP_ components)
-from mobileseg_paddle.builder import BuildError, build_model, without_pretrained
+import mobileseg_paddle.register  # noqa: F401  (registers the MSP_ components)
+from helpers import ROOT
+from mobileseg_paddle.builder import build_model, without_pretrained
+from mobileseg_paddle.errors import UserError
 from mobileseg_paddle.models.mobileseg import MobileSeg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mobileseg",
                       "mobileseg_mobilenetv2_cityscapes_1024x512_80k.yml")
 DATA = os.path.join(ROOT, "configs", "_base_", "cityscapes.yml")  # datasets, no model
@@ -76,13 +77,13 @@ def test_loads_a_saved_state_dict(tmp_path):
 
 def test_errors_name_the_file_or_field(tmp_path):
     def error(*args, **kwargs):
-        with pytest.raises(BuildError) as e:
+        with pytest.raises(UserError) as e:
             build_model(*args, **kwargs)
         assert isinstance(e.value, ValueError)
         return str(e.value)
 
     missing = str(tmp_path / "none.yml")
-    assert error(missing) == f"--config: file not found: {missing}"
+    assert error(missing) == f"--config {missing}: file not found"
 
     broken = tmp_path / "broken.yml"
     broken.write_text("model: [unclosed\n")
@@ -98,8 +99,7 @@ def test_errors_name_the_file_or_field(tmp_path):
     assert error(cfg) == "config: no 'model' section"
 
     unknown = write(tmp_path / "unknown.yml", {"_base_": DATA, "model": {"type": "MSP_Nope"}})
-    assert error(unknown) == (f"--config {unknown}: cannot build the model: "
-                              "The specified component (MSP_Nope) was not found.")
+    assert error(unknown) == "config model.type: unknown component 'MSP_Nope'"
 
     # without weights the default keeps the config's pretrained entry (here a missing file)
     nope = tmp_path / "nope.pdparams"
@@ -118,15 +118,13 @@ def test_errors_name_the_file_or_field(tmp_path):
     assert "missing keys [backbone." in message and "1 unexpected keys [head.weight]" in message
 
 
-def test_wrappers_keep_their_error_types(tmp_path):
-    from deploy import export as E
-    from deploy.lite.errors import LiteError
-    from deploy.lite.model_source import build_model as lite_build_model, load_config
+def test_one_builder_for_every_caller(tmp_path):
+    """export and Lite build through builder.build_model: the same errors reach both."""
+    from mobileseg_paddle.deploy import export as E
 
     missing = str(tmp_path / "none.yml")
-    with pytest.raises(E.ExportError, match="^--config: file not found: "):
+    with pytest.raises(UserError, match="^--config .*none.yml: file not found$"):
         E.build_model(missing)
-    with pytest.raises(E.ExportError, match="^--model_path: file not found: "):
+    with pytest.raises(UserError, match="^--model_path: weights file not found: "):
         E.build_model(CONFIG, str(tmp_path / "w.pdparams"))
-    with pytest.raises(LiteError, match="^--model_path: weights file not found: "):
-        lite_build_model(load_config(CONFIG), str(tmp_path / "w.pdparams"))
+    assert E.build_model is build_model

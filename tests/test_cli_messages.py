@@ -1,6 +1,7 @@
 """The command lines, run as users run them: a missing config is exit status 2 and exactly one
 line on stderr that names the file, with nothing from paddle's import before it (its "No
-ccache found" warning is filtered in mobileseg_paddle/__init__.py and deploy/__init__.py)."""
+ccache found" warning is filtered in mobileseg_paddle/__init__.py). Every command, PaddleSeg's
+or ours, words it the same way."""
 
 import os
 import subprocess
@@ -8,14 +9,17 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["-m", "mobileseg_paddle", "export"], "error: --config: file not found: {}"),
-    (["-m", "deploy.export"], "error: --config: file not found: {}"),
+    (["-m", "mobileseg_paddle", "export"], "mobileseg export: error: --config {}: file not found"),
+    ([os.path.join(ROOT, "deploy", "export.py")],
+     "mobileseg export: error: --config {}: file not found"),
     (["-m", "mobileseg_paddle", "train"], "mobileseg train: error: --config {}: file not found"),
-], ids=["mobileseg-export", "deploy.export", "mobileseg-train"])
+    ([os.path.join(ROOT, "deploy", "python", "infer.py"), "--image_path", "x.png"],
+     "mobileseg infer: error: deploy.yaml not found: {}"),
+], ids=["mobileseg-export", "deploy/export.py", "mobileseg-train", "deploy/python/infer.py"])
 def test_missing_config_is_one_stderr_line(tmp_path, argv, expected):
     missing = str(tmp_path / "missing.yml")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # the code's filter only

@@ -4,9 +4,12 @@ outputs it announces exist."""
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mobileseg_paddle import quickstart, synthetic
+
+pytestmark = pytest.mark.slow  # trains, traces or exports real models
 
 
 def test_synthetic_data_is_deterministic_and_labelled(tmp_path):

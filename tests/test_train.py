@@ -7,9 +7,11 @@ import paddle
 import pytest
 from PIL import Image
 
-import mobileseg_paddle  # noqa: F401  (registers MSP_ components)
+import mobileseg_paddle.register  # noqa: F401  (registers the MSP_ components)
+from helpers.train_helpers import config_dict, make_data, train_log_values, write_config
 from mobileseg_paddle import cli, compat
-from train_helpers import config_dict, make_data, train_log_values, write_config
+
+pytestmark = pytest.mark.slow  # trains, traces or exports real models
 
 
 def test_short_training_run_loss_falls_saves_and_evaluates(tmp_path, capsys):

@@ -9,9 +9,11 @@ import paddle
 import pytest
 from PIL import Image
 
-import mobileseg_paddle  # noqa: F401
+import mobileseg_paddle.register  # noqa: F401  (registers the MSP_ components)
+from helpers.train_helpers import NUM_CLASSES, config_dict, make_data, write_config
 from mobileseg_paddle import cli
-from train_helpers import NUM_CLASSES, config_dict, make_data, write_config
+
+pytestmark = pytest.mark.slow  # trains, traces or exports real models
 
 
 @pytest.fixture(scope="module")

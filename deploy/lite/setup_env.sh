@@ -3,6 +3,7 @@
 # wheels exist only for Python 3.7-3.10: a Debian 11 root made by debootstrap, cached and reused.
 #
 #   bash deploy/lite/setup_env.sh          # build (or check) the root, print its directory
+#   (an installed wheel carries this script as mobileseg_paddle/_data/deploy/lite/setup_env.sh)
 #
 # MOBILESEG_LITE_ROOT    where the root lives (default ~/.cache/mobileseg/lite-py39)
 # MOBILESEG_LITE_PYTHON  use this interpreter instead (e.g. a conda python3.9 with
@@ -10,8 +11,8 @@
 # MOBILESEG_DEBIAN_MIRROR  Debian mirror for debootstrap (default: the first Debian URI of this
 #                        host's apt sources)
 # Needs root (debootstrap, chroot) and a Debian/Ubuntu host. Idempotent: a complete root carries a
-# stamp naming what it holds; a different stamp or a half-made root is rebuilt. ~1.5 min,
-# ~410 MB.
+# stamp naming what it holds; a different stamp or a half-made root is rebuilt. Time and size:
+# deploy/lite/README.md.
 set -euo pipefail
 
 LITE_PIN="paddlelite==2.13rc0"

@@ -4,35 +4,20 @@ Sub-layer attribute names decide the keys of a state dict. The official paddlese
 name the convolution and the BatchNorm of a conv-BN pair differently from file to file
 (``_conv``/``_batch_norm``, ``conv``/``bn``, ``conv``/``norm``), so ``ConvBNAct`` takes those names
 as arguments: that one choice keeps every model-zoo checkpoint loadable with no key mapping.
-No layer here gives its parameters a fixed ``ParamAttr(name=...)``, so any number of instances can
-live in one process.
+No layer here gives its parameters a fixed ``ParamAttr(name=...)``, so any number of instances
+can live in one process. (Tracing into a legacy program: ``export_rewrites.legacy_tracing``.)
 """
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle.base.layer_helper import LayerHelper
-from paddle.framework import in_dynamic_or_pir_mode
-
-class Sigmoid(nn.Layer):
-    """``nn.Sigmoid`` that also traces to the legacy static graph (FLAGS_enable_pir_api=0):
-    paddle 3.3's ``F.sigmoid`` accepts only dygraph tensors and PIR values."""
-
-    def forward(self, x):
-        if in_dynamic_or_pir_mode():
-            return F.sigmoid(x)
-        helper = LayerHelper("sigmoid")
-        out = helper.create_variable_for_type_inference(x.dtype)
-        helper.append_op(type="sigmoid", inputs={"X": x}, outputs={"Out": out})
-        return out
-
 
 _ACTIVATIONS = {
     None: None,
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
     "hardswish": nn.Hardswish,
-    "sigmoid": Sigmoid,
+    "sigmoid": nn.Sigmoid,
     "swish": nn.Swish,
 }
 

@@ -19,7 +19,9 @@ Unlike it, nothing in ``forward`` asserts or branches on tensor shapes, so the m
 import paddle
 import paddle.nn as nn
 
-from .layers import ConvBNAct, ConvBNReLU, SeparableConvBNReLU, Sigmoid, resize_to
+from .layers import ConvBNAct, ConvBNReLU, SeparableConvBNReLU, resize_to
+
+__all__ = ["MobileSeg"]  # the one model; the rest are its parts
 
 ARM_TYPES = ("UAFMMobile", "UAFMMobile_SpAtten")
 
@@ -217,7 +219,7 @@ class UAFMMobile_SpAtten(UAFMMobile):
             ConvBNAct(4, 2, 3, act="relu"),
             ConvBNAct(2, 1, 3),
         )
-        self.sigmoid = Sigmoid()
+        self.sigmoid = nn.Sigmoid()
 
     def fuse(self, x, y):
         stats = paddle.concat([

@@ -17,6 +17,8 @@ import paddle.nn.functional as F
 
 from mobileseg_paddle.models.layers import ConvBNAct
 
+__all__ = ["GhostNet", "GhostNet_x0_5", "GhostNet_x1_0", "GhostNet_x1_3"]
+
 # Bottleneck settings at x1.0: kernel, hidden (expanded) channels, output channels,
 # squeeze-excite, stride.
 BLOCK_SETTINGS = [

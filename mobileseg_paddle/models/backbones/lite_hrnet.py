@@ -23,7 +23,7 @@ import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, Normal
 from paddle.regularizer import L2Decay
 
-from mobileseg_paddle.models.layers import ConvBNAct, Sigmoid, channel_shuffle
+from mobileseg_paddle.models.layers import ConvBNAct, channel_shuffle
 
 __all__ = ["LiteHRNet", "Lite_HRNet_18", "Lite_HRNet_30", "Lite_HRNet_naive",
            "Lite_HRNet_wider_naive"]
@@ -98,7 +98,7 @@ class CrossResolutionWeighting(nn.Layer):
         total = sum(channels)
         self.conv1 = conv_norm(total, total // ratio, 1, act="relu", **norm)
         self.conv2 = conv_norm(total // ratio, total, 1, **norm)
-        self.sigmoid = Sigmoid()
+        self.sigmoid = nn.Sigmoid()
 
     def forward(self, xs):
         n = len(xs)
@@ -120,7 +120,7 @@ class SpatialWeighting(nn.Layer):
         super().__init__()
         self.global_avgpooling = nn.AdaptiveAvgPool2D(1)
         self.conv1 = conv_bias_act(channels, channels // ratio, nn.ReLU())
-        self.conv2 = conv_bias_act(channels // ratio, channels, Sigmoid())
+        self.conv2 = conv_bias_act(channels // ratio, channels, nn.Sigmoid())
 
     def forward(self, x):
         return x * self.conv2(self.conv1(self.global_avgpooling(x)))

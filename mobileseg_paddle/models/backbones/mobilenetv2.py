@@ -10,6 +10,9 @@ import paddle.nn as nn
 
 from mobileseg_paddle.models.layers import ConvBNAct
 
+__all__ = ["MobileNetV2", "MobileNetV2_x0_25", "MobileNetV2_x0_5", "MobileNetV2_x0_75",
+           "MobileNetV2_x1_0", "MobileNetV2_x1_5", "MobileNetV2_x2_0"]
+
 # One row per stage: expansion t, output channels c (at x1.0), repeats n, stride of the first unit.
 STAGE_SETTINGS = [
     # t, c, n, s

@@ -13,8 +13,16 @@ from paddle.regularizer import L2Decay
 
 from mobileseg_paddle.models.layers import ConvBNAct
 
+__all__ = ["MobileNetV3",
+           "MobileNetV3_large_x0_35", "MobileNetV3_large_x0_5", "MobileNetV3_large_x0_75",
+           "MobileNetV3_large_x1_0", "MobileNetV3_large_x1_25",
+           "MobileNetV3_small_x0_35", "MobileNetV3_small_x0_5", "MobileNetV3_small_x0_75",
+           "MobileNetV3_small_x1_0", "MobileNetV3_small_x1_25",
+           "MobileNetV3_large_x1_0_os8", "MobileNetV3_small_x1_0_os8"]
+
 # One row per inverted residual unit: kernel k, expanded channels exp, output channels c (at x1.0),
-# squeeze-excitation se, activation act, stride s and, for the output-stride-8 variants, dilation d.
+# squeeze-excitation se, activation act, stride s. Smaller output strides are not separate
+# tables: ``MobileNetV3(output_stride=8)`` turns the later strides into dilations.
 NET_CONFIG = {
     "large": [
         # k, exp, c, se, act, s
@@ -47,41 +55,10 @@ NET_CONFIG = {
         (5, 576, 96, True, "hardswish", 1),
         (5, 576, 96, True, "hardswish", 1),  # stride 32
     ],
-    # Output stride 8: the later strides become dilations (same weights as the plain nets).
-    "large_os8": [
-        (3, 16, 16, False, "relu", 1),
-        (3, 64, 24, False, "relu", 2),
-        (3, 72, 24, False, "relu", 1),
-        (5, 72, 40, True, "relu", 2),
-        (5, 120, 40, True, "relu", 1),
-        (5, 120, 40, True, "relu", 1),
-        (3, 240, 80, False, "hardswish", 1),
-        (3, 200, 80, False, "hardswish", 1, 2),
-        (3, 184, 80, False, "hardswish", 1, 2),
-        (3, 184, 80, False, "hardswish", 1, 2),
-        (3, 480, 112, True, "hardswish", 1, 2),
-        (3, 672, 112, True, "hardswish", 1, 2),
-        (5, 672, 160, True, "hardswish", 1, 2),
-        (5, 960, 160, True, "hardswish", 1, 4),
-        (5, 960, 160, True, "hardswish", 1, 4),
-    ],
-    "small_os8": [
-        (3, 16, 16, True, "relu", 2),
-        (3, 72, 24, False, "relu", 2),
-        (3, 88, 24, False, "relu", 1),
-        (5, 96, 40, True, "hardswish", 1),
-        (5, 240, 40, True, "hardswish", 1, 2),
-        (5, 240, 40, True, "hardswish", 1, 2),
-        (5, 120, 48, True, "hardswish", 1, 2),
-        (5, 144, 48, True, "hardswish", 1, 2),
-        (5, 288, 96, True, "hardswish", 1, 2),
-        (5, 576, 96, True, "hardswish", 1, 4),
-        (5, 576, 96, True, "hardswish", 1, 4),
-    ],
 }
 # Units whose outputs are the 4 returned features.
 OUT_INDEX = {"large": [2, 5, 11, 14], "small": [0, 2, 7, 10]}
-OUT_INDEX["large_os8"], OUT_INDEX["small_os8"] = OUT_INDEX["large"], OUT_INDEX["small"]
+OUTPUT_STRIDES = (8, 16, 32)
 STEM_CHANNELS = 16
 
 
@@ -145,21 +122,23 @@ class MobileNetV3(nn.Layer):
     """MobileNetV3 feature extractor.
 
     Args:
-        config: a key of ``NET_CONFIG`` ("large", "small", "large_os8", "small_os8") or a list of
-            rows ``(k, exp, c, se, act, s[, d])``.
+        config: a key of ``NET_CONFIG`` ("large", "small") or a list of rows
+            ``(k, exp, c, se, act, s)``.
         out_index: indices of the units whose outputs are returned (default ``OUT_INDEX[config]``
             when ``config`` is a key).
         in_channels: channels of the input image.
         scale: width multiplier (channels are ``_make_divisible(c * scale)``).
+        output_stride: 32, 16 or 8; below 32 the strides that would go past it become
+            dilations (the same weights, denser features).
         pretrained: path or URL of weights loaded at the end of construction, or None.
 
     Input (N, in_channels, H, W); returns a list of features (4 for the standard configs, strides
-    4, 8, 16, 32; 4, 8, 8, 8 for the os8 variants) with ``feat_channels`` channels
+    4, 8, 16, 32, each capped at ``output_stride``) with ``feat_channels`` channels
     ([24, 40, 112, 160] for large x1.0, [16, 24, 48, 96] for small x1.0).
     """
 
     def __init__(self, config="large", out_index=None, in_channels=3, scale=1.0,
-                 pretrained=None):
+                 output_stride=32, pretrained=None):
         super().__init__()
         if isinstance(config, str):
             if config not in NET_CONFIG:
@@ -169,17 +148,29 @@ class MobileNetV3(nn.Layer):
             config = NET_CONFIG[config]
         if out_index is None:
             raise ValueError("MobileNetV3: out_index is required when config is a list of rows")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"MobileNetV3 output_stride={output_stride!r}: expected one of "
+                             f"{list(OUTPUT_STRIDES)}")
         self.cfg = config
         self.out_index = list(out_index)
         self.scale = scale
+        self.output_stride = output_stride
 
         channels = _make_divisible(STEM_CHANNELS * scale)
         self.conv = _conv_bn(in_channels, channels, 3, stride=2, act="hardswish")
         units = []
-        for k, exp, c, se, act, s, *dilation in config:
+        stride, dilation = 2, 1  # of the features so far (the stem halves the input)
+        for k, exp, c, se, act, s in config:
+            # A stride that would pass output_stride becomes a dilation of the units after this
+            # one; this unit keeps the current dilation (paddleseg's os8 tables, DeepLab's rule).
+            unit_dilation = dilation
+            if stride * s > output_stride:
+                dilation, s = dilation * s, 1
+            else:
+                stride *= s
             out_channels = _make_divisible(c * scale)
             units.append(ResidualUnit(channels, _make_divisible(exp * scale), out_channels, k, s,
-                                      se, act, dilation=dilation[0] if dilation else 1))
+                                      se, act, dilation=unit_dilation))
             channels = out_channels
         self.blocks = nn.LayerList(units)
         self.feat_channels = [_make_divisible(config[i][2] * scale) for i in self.out_index]
@@ -246,9 +237,9 @@ def MobileNetV3_small_x1_25(**kwargs):
 
 def MobileNetV3_large_x1_0_os8(**kwargs):
     """Output stride 8 (dilated): features at strides 4, 8, 8, 8."""
-    return MobileNetV3(config="large_os8", scale=1.0, **kwargs)
+    return MobileNetV3(config="large", scale=1.0, output_stride=8, **kwargs)
 
 
 def MobileNetV3_small_x1_0_os8(**kwargs):
     """Output stride 8 (dilated): features at strides 4, 8, 8, 8."""
-    return MobileNetV3(config="small_os8", scale=1.0, **kwargs)
+    return MobileNetV3(config="small", scale=1.0, output_stride=8, **kwargs)

@@ -13,6 +13,9 @@ import paddle.nn as nn
 
 from mobileseg_paddle.models.layers import ConvBNAct, channel_shuffle
 
+__all__ = ["ShuffleNetV2", "ShuffleNetV2_x0_25", "ShuffleNetV2_x0_33", "ShuffleNetV2_x0_5",
+           "ShuffleNetV2_x1_0", "ShuffleNetV2_x1_5", "ShuffleNetV2_x2_0", "ShuffleNetV2_swish"]
+
 # Output channels of the stem and of stages 2, 3, 4 for each width multiplier. (The 1x1
 # "conv5" of the classification network is not part of the backbone and is not built.)
 STAGE_CHANNELS = {

@@ -102,15 +102,22 @@ std::vector<uint8_t> WriteResults(const Prepared& p, const float* logits,
   }
   const int h = m.input_shape[2], w = m.input_shape[3];
   const std::vector<uint8_t> labels = Argmax(logits, m.num_classes, h, w);
-  const std::vector<uint8_t> full =
-      ResizeNearest(labels, h, w, p.image.height, p.image.width);
+  WriteLabelImages(p.image, ResizeNearest(labels, h, w, p.image.height, p.image.width), out_dir,
+                   stem);
+  return labels;
+}
+
+void WriteLabelImages(const Image& rgb, const std::vector<uint8_t>& labels,
+                      const std::string& out_dir, const std::string& stem, double weight) {
+  if (labels.size() != static_cast<size_t>(rgb.height) * rgb.width) {
+    throw Error("label map of " + std::to_string(labels.size()) + " pixels for a " +
+                std::to_string(rgb.height) + "x" + std::to_string(rgb.width) + " image");
+  }
   const std::vector<uint8_t> colors = ColorMap(256);
   mkdir(out_dir.c_str(), 0755);  // may exist already; a write error below names the file
-  WritePngPalette(out_dir + "/" + stem + "_mask.png", full, p.image.height, p.image.width, colors);
-  const Image overlay =
-      Overlay(p.image, ColorizeLabels(full, p.image.height, p.image.width, colors));
-  WritePngRGB(out_dir + "/" + stem + "_overlay.png", overlay);
-  return labels;
+  WritePngPalette(out_dir + "/" + stem + "_mask.png", labels, rgb.height, rgb.width, colors);
+  WritePngRGB(out_dir + "/" + stem + "_overlay.png",
+              Overlay(rgb, ColorizeLabels(labels, rgb.height, rgb.width, colors), weight));
 }
 
 std::string Stem(const std::string& path) {

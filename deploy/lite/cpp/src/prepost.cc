@@ -131,7 +131,7 @@ std::vector<uint8_t> ResizeNearest(const std::vector<uint8_t>& labels, int src_h
 
 std::vector<uint8_t> ColorMap(int num_colors) {
   // Class k gets the bits of k + 1 spread over the high bits of R, G, B (paddleseg's list
-  // starts at label 1: black is not used for class 0).
+  // starts at label 1: black is not used, class 0 is (128, 0, 0)).
   std::vector<uint8_t> map(3 * num_colors, 0);
   for (int k = 0; k < num_colors; ++k) {
     int lab = k + 1;
@@ -164,10 +164,14 @@ Image Overlay(const Image& rgb, const Image& color, double weight) {
     throw Error("Overlay: image and colour map differ in size");
   }
   Image out = rgb;
-  // OpenCV converts both weights (given in double) to float
+  // OpenCV converts both weights (given in double) to float and computes, in float,
+  // a * alpha + (b * beta + gamma) with a fused multiply-add where the CPU has one (v_muladd:
+  // AVX2 on x86, NEON on aarch64); weights such as 0.3 give exact halves, where an unfused sum
+  // would round the other way. gamma is 0; b * beta stays a separate product (-ffp-contract=off).
   const float alpha = static_cast<float>(weight), beta = static_cast<float>(1.0 - weight);
   for (size_t i = 0; i < out.data.size(); ++i) {
-    const float v = rgb.data[i] * alpha + color.data[i] * beta;
+    const float v = std::fma(static_cast<float>(rgb.data[i]), alpha, color.data[i] * beta);
+    // saturate_cast<uchar>: round half to even (the default rounding mode), then clamp
     out.data[i] = static_cast<uint8_t>(std::min(255.f, std::max(0.f, std::nearbyint(v))));
   }
   return out;

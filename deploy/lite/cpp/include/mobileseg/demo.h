@@ -37,12 +37,17 @@ Prepared Prepare(const std::string& model_dir, const std::string& target,
 // "HxW" -> (h, w); "" -> (0, 0). Error for anything else.
 void ParseSize(const std::string& text, int* h, int* w);
 
-// Argmax of the logits (checked against 1 x num_classes x H x W), then write
-// out_dir/<stem>_mask.png (palette PNG, labels at the image's size) and
-// out_dir/<stem>_overlay.png. Returns the label map at model resolution.
+// Argmax of the logits (checked against 1 x num_classes x H x W), nearest resize to the image's
+// size, then WriteLabelImages. Returns the label map at model resolution.
 std::vector<uint8_t> WriteResults(const Prepared& p, const float* logits,
                                   const std::vector<int64_t>& logits_shape,
                                   const std::string& out_dir, const std::string& stem);
+
+// The demo's pictures of a label map at the image's size: out_dir/<stem>_mask.png (palette PNG
+// of paddleseg's colours) and out_dir/<stem>_overlay.png (Overlay with the image's share
+// `weight`; the demo keeps paddleseg's 0.6).
+void WriteLabelImages(const Image& rgb, const std::vector<uint8_t>& labels,
+                      const std::string& out_dir, const std::string& stem, double weight = 0.6);
 
 // File name without folder and extension: "a/b/frame.png" -> "frame".
 std::string Stem(const std::string& path);

@@ -48,14 +48,15 @@ std::vector<uint8_t> Argmax(const float* logits, int num_classes, int h, int w);
 std::vector<uint8_t> ResizeNearest(const std::vector<uint8_t>& labels, int src_h, int src_w,
                                    int dst_h, int dst_w);
 
-// paddleseg.utils.visualize.get_color_map_list(n): n RGB triples, class 0 first.
+// paddleseg.utils.visualize.get_color_map_list(n): n RGB triples, class 0 first, (128, 0, 0).
 std::vector<uint8_t> ColorMap(int num_colors = 256);
 
 // Colour of each label (RGB image of the label map's size).
 Image ColorizeLabels(const std::vector<uint8_t>& labels, int h, int w,
                      const std::vector<uint8_t>& color_map);
 
-// cv2.addWeighted(image, weight, colour, 1 - weight, 0) with rounding to nearest.
+// cv2.addWeighted(image, weight, colour, 1 - weight, 0), rounded as OpenCV does; the default is
+// paddleseg's visualize blend.
 Image Overlay(const Image& rgb, const Image& color, double weight = 0.6);
 
 }  // namespace mobileseg

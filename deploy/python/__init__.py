@@ -1,1 +1,0 @@
-"""Python inference on exported models (Paddle Inference and onnxruntime)."""

@@ -1,0 +1,612 @@
+"""Speed of the exported MobileSeg models, in the published protocol or on this CPU.
+
+    mobileseg bench --preset cpu      # 1x3x512x1024, all cores, CPU
+    mobileseg bench --preset phone    # 1x3x256x256, 1 thread (the phone setting)
+    mobileseg bench --preset v100     # Paddle Inference + TensorRT FP32, 1x3x1024x2048
+
+For each model of ``configs/mobileseg`` (random weights and BatchNorm statistics: speed does not
+depend on their values) it exports our model (Paddle Inference and ONNX, ``--output_op
+argmax``: the served form) and, with ``--backends ... official``, paddleseg 2.8.0's own
+MobileSeg with the same weights exported as PaddleSeg's ``tools/export.py`` does. Each backend
+runs in its own process; the backends of one model take turns (``--turns`` times
+``--runs_per_turn`` timed runs each, after one untimed run), so a change of machine load hits
+them alike. Reports the median and spread (p10-p90) of the timed runs and the machine (CPU,
+ISA, load average at start and end), prints a markdown table shaped like the published one,
+writes a JSON and a PNG of FPS per model.
+
+Backends:
+  paddle           ours, Paddle Inference, CPU with oneDNN (our defaults)
+  paddle_nomkldnn  ours, Paddle Inference, CPU without oneDNN
+  onnxruntime      ours, ONNX export, onnxruntime CPU
+  official         paddleseg's export, Paddle Inference CPU: with oneDNN if it runs (on Paddle
+                   3.3.1 it fails, which is recorded) else without
+  official_ort     paddleseg's model, ONNX (static shape), onnxruntime
+  paddle_trt       ours, Paddle Inference + TensorRT on GPU (needs paddlepaddle-gpu)
+"""
+
+import argparse
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from mobileseg_paddle import resources
+from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
+from mobileseg_paddle.deploy.infer import collect_shape_ranges
+from mobileseg_paddle.deploy.runners import (
+    ModelFiles,
+    PredictorOptions,
+    check_device,
+    cpu_count,
+    create_runner,
+)
+from mobileseg_paddle.errors import UserError, one_line, run_main
+
+CONFIG_GLOB = resources.path("configs", "mobileseg", "mobileseg_*_cityscapes_1024x512_80k.yml")
+
+PRESETS = {
+    "v100": dict(input_shape=[1, 3, 1024, 2048], threads=0, device="gpu",
+                 backends=["paddle_trt"], note="published: V100, Paddle Inference + TensorRT "
+                 "FP32, 1x3x1024x2048"),
+    "phone": dict(input_shape=[1, 3, 256, 256], threads=1, device="cpu",
+                  backends=["paddle", "onnxruntime", "official"],
+                  note="published: Snapdragon 855, Paddle Lite, 1 thread, 1x3x256x256; "
+                       "here the same input and thread count on this CPU"),
+    "cpu": dict(input_shape=[1, 3, 512, 1024], threads=0, device="cpu",
+                backends=["paddle", "onnxruntime", "official"],
+                note="this CPU, 1x3x512x1024, all cores"),
+}
+BACKENDS = ("paddle", "paddle_nomkldnn", "onnxruntime", "official", "official_ort", "paddle_trt")
+LABELS = {
+    "paddle": "ours: Paddle Inference (oneDNN)",
+    "paddle_nomkldnn": "ours: Paddle Inference (no oneDNN)",
+    "onnxruntime": "ours: onnxruntime",
+    "official": "paddleseg export: Paddle Inference",
+    "official_ort": "paddleseg export: onnxruntime",
+    "paddle_trt": "ours: Paddle Inference + TensorRT",
+}
+# published figures (reference.md): V100 TensorRT FP32 1x3x1024x2048 / Snapdragon 855 1 thread
+# published FPS (PaddleSeg model zoo): (V100 TensorRT FP32 1x3x1024x2048, Snapdragon 855 1 thread
+# 1x3x256x256), by our config name, in the published table's order
+PUBLISHED_FPS = {
+    "mobilenetv2": (67.57, 27.01), "mobilenetv3": (67.39, 32.90),
+    "litehrnet18": (10.5, 13.05), "shufflenetv2": (37.09, 39.61), "ghostnet": (35.58, 38.74),
+}
+PUBLISHED_COLUMN = {"v100": (0, "published V100 TensorRT FPS"),
+                    "phone": (1, "published Snapdragon 855 FPS")}
+
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Machine and statistics
+
+
+def machine_description():
+    cpu, flags = platform.processor() or "unknown", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and cpu in ("unknown", "", "x86_64"):
+                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("flags") and not flags:
+                    flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gb = round(int(f.readline().split()[1]) / 2 ** 20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    import paddle
+    versions = {"python": platform.python_version(), "paddlepaddle": paddle.__version__}
+    for mod in ("onnxruntime", "paddle2onnx", "paddleseg", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return {
+        "cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": cpu_count(),
+        "isa": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+                if f in flags],
+        "memory_gb": mem_gb, "os": platform.platform(), "load_average": list(os.getloadavg()),
+        "versions": versions,
+    }
+
+
+def summarize(times_s):
+    """Median and spread of a list of run times (seconds) -> dict in ms."""
+    t = np.asarray(times_s) * 1e3
+    return {"runs": int(t.size), "median_ms": float(np.median(t)), "min_ms": float(t.min()),
+            "p10_ms": float(np.percentile(t, 10)), "p90_ms": float(np.percentile(t, 90)),
+            "mean_ms": float(t.mean()), "std_ms": float(t.std()),
+            "fps": float(1e3 / np.median(t))}
+
+
+class Worker:
+    """One runner in its own process, timed on command.
+
+    Each backend runs in a separate process so that the thread pools of two runtimes never
+    compete: onnxruntime's workers spin after a run and Paddle's OpenMP threads wait actively,
+    which, in one process, slows whichever runs next (onnxruntime's median doubled that way
+    here). Only one worker runs at a time; the others wait on their input."""
+
+    def __init__(self, spec, log_path):
+        env = resources.child_env()
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mobileseg_paddle.deploy.benchmark", "--_worker", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
+            cwd=resources.IMPORT_ROOT)
+
+    def ask(self, command):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.reply()
+
+    def reply(self):
+        """The worker's next tagged reply; RuntimeError for its error or its exit."""
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"worker exited ({self.proc.wait()}); see {self.log.name}")
+            if line.startswith(_TAG):
+                reply = json.loads(line[len(_TAG):])
+                if "error" in reply:
+                    raise RuntimeError(reply["error"])
+                return reply
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self.log.close()
+
+
+_TAG = "@@bench "
+
+
+def make_runner(spec):
+    """The runner a worker times (see ``bench_model`` for the specs)."""
+    kind, threads = spec["kind"], spec["threads"]
+    if kind == "deploy":
+        opts = PredictorOptions(**dict(spec.get("options", {}), cpu_threads=threads))
+        return create_runner(DeployConfig(spec["path"]), "auto", opts)
+    if kind == "raw_paddle":
+        # paddleseg's export as its users run it: Paddle Inference's own set-up
+        opts = PredictorOptions(cpu_threads=threads, enable_mkldnn=spec["mkldnn"])
+        return create_runner(ModelFiles.from_paddle(spec["model"], spec["params"]), "paddle",
+                             opts.paddle_defaults())
+    if kind == "raw_onnx":
+        return create_runner(ModelFiles.from_onnx(spec["path"]), "onnxruntime",
+                             PredictorOptions(cpu_threads=threads))
+    raise ValueError(kind)
+
+
+def worker_main(spec_json):
+    """Serve ``run N`` (time N runs after one untimed run), ``save PATH`` (last output as
+    .npy) and ``quit`` on stdin; replies are single JSON lines tagged with ``_TAG``."""
+    spec = json.loads(spec_json)
+
+    def reply(obj):
+        sys.stdout.write(_TAG + json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    try:
+        run = make_runner(spec)
+        x = _input(spec["shape"], spec["seed"])
+        out = None
+        for _ in range(max(spec["warmup"], 1)):
+            out = run(x)
+        reply({"ready": True})
+    except Exception as e:
+        reply({"error": one_line(e)})
+        return 1
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        try:
+            if cmd[0] == "run":
+                out = run(x)  # untimed: the first run after a pause wakes the threads up
+                times = []
+                for _ in range(int(cmd[1])):
+                    t0 = time.perf_counter()
+                    out = run(x)
+                    times.append(time.perf_counter() - t0)
+                reply({"times": times})
+            elif cmd[0] == "save":
+                np.save(cmd[1], out)
+                reply({"saved": cmd[1]})
+        except Exception as e:
+            reply({"error": one_line(e)})
+    return 0
+
+
+def time_in_turns(specs, blocks, per_block, work_dir, log=print):
+    """Start a worker per spec, then ``blocks`` times let each worker time ``per_block`` runs
+    in turn (so load changes hit all alike). Returns ({name: [seconds]}, {name: output},
+    {name: error line})."""
+    workers, errors, times, outs = {}, {}, {}, {}
+    try:
+        for name, spec in specs.items():
+            w = Worker(spec, os.path.join(work_dir, f"worker-{name}.log"))
+            try:
+                w.reply()  # "ready", or the error that kept it from starting
+                workers[name] = w
+                times[name] = []
+            except RuntimeError as e:
+                errors[name] = one_line(e)
+                w.close()
+        for _ in range(blocks):
+            for name, w in list(workers.items()):
+                try:
+                    times[name] += w.ask(f"run {per_block}")["times"]
+                except RuntimeError as e:
+                    errors[name] = one_line(e)
+                    workers.pop(name).close()
+        for name, w in workers.items():
+            path = os.path.join(work_dir, f"output-{name}.npy")
+            w.ask(f"save {path}")
+            outs[name] = np.load(path)
+    finally:
+        for w in workers.values():
+            w.close()
+    return times, outs, errors
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and exports
+
+
+def model_configs(names=None):
+    paths = glob.glob(CONFIG_GLOB)
+    found = {os.path.basename(p).split("_")[1]: p for p in paths}
+    order = list(PUBLISHED_FPS)
+    found = dict(sorted(found.items(), key=lambda kv: (
+        order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+    if names:
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise UserError(f"--models: unknown {missing}; available: {sorted(found)}")
+        return {n: found[n] for n in names}
+    return found
+
+
+def build_pair(config_path, seed=0, official=False):
+    """(our model with random weights and BN statistics, paddleseg's model with the same
+    state or None, paddleseg Config)."""
+    import copy
+
+    from paddleseg.cvlibs import Config, SegBuilder
+
+    import mobileseg_paddle.register  # noqa: F401  (registers the MSP_ components)
+    from mobileseg_paddle.builder import without_pretrained
+    from mobileseg_paddle.models.weights import copy_state_, randomize_
+
+    cfg = Config(config_path)
+    cfg.dic["model"] = without_pretrained(cfg.dic["model"])
+    ours = SegBuilder(cfg).model
+    randomize_(ours, seed)
+    ours.eval()
+    theirs = None
+    if official:
+        off_cfg = copy.deepcopy(cfg)
+        off_cfg.dic["model"] = _official_names(off_cfg.dic["model"])
+        theirs = SegBuilder(off_cfg).model
+        copy_state_(theirs, ours)
+        theirs.eval()
+    return ours, theirs, cfg
+
+
+def _official_names(node):
+    """Our ``MSP_`` component names -> paddleseg's own."""
+    if isinstance(node, dict):
+        out = {k: _official_names(v) for k, v in node.items()}
+        if isinstance(out.get("type"), str) and out["type"].startswith("MSP_"):
+            out["type"] = out["type"][len("MSP_"):]
+        return out
+    if isinstance(node, list):
+        return [_official_names(v) for v in node]
+    return node
+
+
+def export_official(model, out_dir, shape, fmt="paddle"):
+    """Export paddleseg's model as PaddleSeg 2.8's tools/export.py does on Paddle 3 (its
+    WrappedModel with argmax, ``paddle.jit.to_static`` with default settings, ``jit.save``:
+    a PIR program), or to ONNX through paddle2onnx."""
+    import paddle
+    from paddleseg.deploy.export import WrappedModel
+
+    net = WrappedModel(model, "argmax")
+    net.eval()
+    spec = [paddle.static.InputSpec([None if v == -1 else v for v in shape], "float32", "x")]
+    os.makedirs(out_dir, exist_ok=True)
+    static = paddle.jit.to_static(net, input_spec=spec)
+    paddle.jit.save(static, os.path.join(out_dir, "model"))
+    if fmt == "onnx":
+        import paddle2onnx
+        paddle2onnx.export(os.path.join(out_dir, "model.json"),
+                           os.path.join(out_dir, "model.pdiparams"),
+                           os.path.join(out_dir, "model.onnx"), opset_version=13,
+                           optimize_tool="None")
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# One model
+
+
+def bench_model(name, config_path, args, work_dir, log=print):
+    """Export one model and time it on every requested backend; returns result rows."""
+    from mobileseg_paddle.deploy.export import export
+
+    shape = list(args.input_shape)
+    paddle_shape = shape if args.shape_mode == "static" else [-1, 3, -1, -1]
+    threads = args.threads or cpu_count()
+    want = list(args.backends)
+    t0 = time.time()
+    ours, theirs, cfg = build_pair(config_path, args.seed,
+                                   official=any(b.startswith("official") for b in want))
+    backbone = cfg.dic["model"]["backbone"]["type"].replace("MSP_", "")
+    mdir = os.path.join(work_dir, name)
+    common = {"threads": threads, "shape": shape, "seed": args.seed, "warmup": args.warmup}
+    specs, notes = {}, {}
+    if {"paddle", "paddle_nomkldnn", "paddle_trt"} & set(want):
+        d = os.path.dirname(export(config_path, os.path.join(mdir, "paddle"),
+                                   input_shape=paddle_shape, output_op="argmax", fmt="paddle",
+                                   program="legacy", model=ours))
+        if "paddle" in want:
+            specs["paddle"] = dict(common, kind="deploy", path=d)
+        if "paddle_nomkldnn" in want:
+            specs["paddle_nomkldnn"] = dict(common, kind="deploy", path=d,
+                                            options={"enable_mkldnn": False})
+        if "paddle_trt" in want:
+            specs["paddle_trt"] = dict(common, kind="deploy", path=d, options=dict(
+                device="gpu", use_trt=True, precision="fp32", max_batch_size=shape[0],
+                trt_cache_dir=os.path.join(mdir, "trt_cache"),
+                shape_range_file=_shape_ranges(DeployConfig(d), shape, mdir)))
+    if "onnxruntime" in want:  # timed on a static-shape export, as published
+        d = os.path.dirname(export(config_path, os.path.join(mdir, "onnx"), input_shape=shape,
+                                   output_op="argmax", fmt="onnx", model=ours))
+        specs["onnxruntime"] = dict(common, kind="deploy", path=d)
+    if "official" in want:
+        od = export_official(theirs, os.path.join(mdir, "official"), paddle_shape)
+        specs["official"] = dict(common, kind="raw_paddle", model=os.path.join(od, "model.json"),
+                                 params=os.path.join(od, "model.pdiparams"), mkldnn=True)
+    if "official_ort" in want:
+        od = export_official(theirs, os.path.join(mdir, "official_onnx"), shape, fmt="onnx")
+        specs["official_ort"] = dict(common, kind="raw_onnx", path=os.path.join(od, "model.onnx"))
+    log(f"  exported in {time.time() - t0:.0f} s; timing {list(specs)} ({args.warmup} warm-up "
+        f"runs, {args.blocks} turns of {args.per_block} runs, {threads} threads)")
+
+    if "official" in specs:
+        # paddleseg's export as its users run it: with oneDNN if that works, else without
+        probe, _, err = time_in_turns({"official": specs["official"]}, 0, 0, mdir)
+        if "official" in err:
+            notes["official"] = f"off (with oneDNN it fails: {err['official']})"
+            log(f"  paddleseg export with oneDNN fails: {err['official']}")
+            specs["official"] = dict(specs["official"], mkldnn=False)
+        else:
+            notes["official"] = "on"
+    times, outs, errors = time_in_turns(specs, args.blocks, args.per_block, mdir)
+    ref = outs.get("paddle")
+    rows = []
+    for b in specs:
+        row = {"model": name, "backbone": backbone, "backend": b, "label": LABELS[b],
+               "input_shape": shape, "threads": threads,
+               "export_shape": shape if b in ("onnxruntime", "official_ort") else paddle_shape}
+        if b in notes:
+            row["onednn"] = notes[b]
+        if b in errors:
+            row.update(status="failed", error=errors[b])
+        else:
+            row.update(status="ok", **summarize(times[b]))
+            if ref is not None and b != "paddle" and b in outs and outs[b].shape == ref.shape:
+                row["label_agreement_with_paddle"] = float((outs[b] == ref).mean())
+        rows.append(row)
+    return rows
+
+
+def _input(shape, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _shape_ranges(dep, shape, mdir):
+    """TensorRT shape ranges for a dynamic export, collected on the CPU at the bench shape."""
+    if not dep.dynamic_hw:
+        return None
+    img = np.zeros((shape[2], shape[3], 3), np.uint8)
+    return collect_shape_ranges(dep, [img], os.path.join(mdir, "shape_range.pbtxt"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+
+
+def format_table(rows, machine, protocol):
+    """A markdown table shaped like the published one: one line per model, FPS (and ms) per
+    backend, and the speed ratio of ours (Paddle Inference) to paddleseg's export."""
+    backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
+    lines = [f"Protocol: {protocol['note']}; input {'x'.join(map(str, protocol['input_shape']))}, "
+             f"{rows[0]['threads'] if rows else '?'} threads, {protocol['warmup']} warm-up runs, "
+             f"median of {protocol['repeats']} runs (p10-p90 in brackets), each backend in "
+             f"its own process, backends taking {protocol['turns']} turns.",
+             f"Machine: {machine['cpu']} ({', '.join(machine['isa'])}), "
+             f"{machine['usable_cpus']} usable CPUs, {machine['memory_gb']} GB; load average "
+             f"{machine['load_average'][0]:.2f} at start, "
+             f"{machine.get('load_average_end', [float('nan')])[0]:.2f} at end; "
+             + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()), ""]
+    published = PUBLISHED_COLUMN.get(protocol.get("preset"))
+    head = ["Model", "Backbone"] + ([published[1]] if published else []) + [
+        f"{LABELS[b]} FPS (ms)" for b in backends]
+    if "paddle" in backends and "official" in backends:
+        head.append("ours / paddleseg export speed")
+    if "paddle" in backends and "onnxruntime" in backends:
+        head.append("Paddle Inference / onnxruntime speed")
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for m in models:
+        by = {r["backend"]: r for r in rows if r["model"] == m}
+        cells = [m, next(iter(by.values()))["backbone"]]
+        if published:
+            fps = PUBLISHED_FPS.get(m)
+            cells.append(f"{fps[published[0]]:.2f}" if fps else "-")
+        for b in backends:
+            r = by.get(b)
+            if r is None:
+                cells.append("-")
+            elif r["status"] != "ok":
+                cells.append(f"failed: {r['error'][:60]}")
+            else:
+                cells.append(f"{r['fps']:.2f} ({r['median_ms']:.1f} [{r['p10_ms']:.1f}-"
+                             f"{r['p90_ms']:.1f}])")
+        for a, b in (("paddle", "official"), ("paddle", "onnxruntime")):
+            if a in backends and b in backends:
+                ra, rb = by.get(a), by.get(b)
+                ok = ra and rb and ra["status"] == "ok" and rb["status"] == "ok"
+                cells.append(f"{rb['median_ms'] / ra['median_ms']:.2f}x" if ok else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [r for r in rows if r.get("onednn")]
+    if notes:
+        lines.append("")
+        lines.append(f"paddleseg export, Paddle Inference oneDNN: {notes[0]['onednn']}")
+    return "\n".join(lines)
+
+
+def plot_fps(rows, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    backends = [b for b in BACKENDS if any(r["backend"] == b and r["status"] == "ok"
+                                           for r in rows)]
+    width = 0.8 / max(len(backends), 1)
+    fig, ax = plt.subplots(figsize=(2 + 1.8 * len(models), 4.5))
+    for i, b in enumerate(backends):
+        fps = [next((r["fps"] for r in rows if r["model"] == m and r["backend"] == b
+                     and r["status"] == "ok"), 0.0) for m in models]
+        pos = [k + (i - (len(backends) - 1) / 2) * width for k in range(len(models))]
+        bars = ax.bar(pos, fps, width, label=LABELS[b])
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(models)))
+    ax.set_xticklabels(models)
+    ax.set_ylabel("frames per second (median)")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # room for the legend above the bars
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="mobileseg bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--models", default=None,
+                   help="comma-separated config names (mobilenetv2,mobilenetv3,litehrnet18,"
+                        "shufflenetv2,ghostnet); default all")
+    p.add_argument("--backends", default=None, help=f"comma-separated, from {BACKENDS}")
+    p.add_argument("--input_shape", nargs=4, type=int, default=None, metavar=("N", "C", "H", "W"))
+    p.add_argument("--threads", type=int, default=None, help="0: all usable CPUs")
+    p.add_argument("--shape_mode", default="dynamic", choices=("static", "dynamic"),
+                   help="Paddle exports (ours and paddleseg's) with dynamic H/W (the default "
+                        "export) or for the bench shape; onnxruntime always gets a "
+                        "static-shape export, its fastest")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs after loading")
+    p.add_argument("--turns", type=int, default=5,
+                   help="backends take turns this many times...")
+    p.add_argument("--runs_per_turn", type=int, default=4, help="...timing this many runs each")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work_dir", default=None, help="where exports go (default: a temp folder)")
+    p.add_argument("--save_json", default="bench_results.json")
+    p.add_argument("--save_png", default="bench_fps.png")
+    p.add_argument("--save_table", default=None, help="also write the table (markdown)")
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--_worker"]:
+        return worker_main(argv[1])
+    args = build_parser().parse_args(argv)
+    return run_main("bench", lambda: _run(args))
+
+
+def _run(args):
+    args.blocks, args.per_block = args.turns, args.runs_per_turn
+    preset = PRESETS[args.preset]
+    args.input_shape = args.input_shape or preset["input_shape"]
+    args.threads = preset["threads"] if args.threads is None else args.threads
+    args.backends = args.backends.split(",") if args.backends else preset["backends"]
+    bad = [b for b in args.backends if b not in BACKENDS]
+    if bad:
+        raise UserError(f"--backends: unknown {bad}; expected some of {BACKENDS}")
+    if args.input_shape[1] != 3 or min(args.input_shape) < 1:
+        raise UserError(f"--input_shape: expected N 3 H W, got {args.input_shape}")
+    if args.turns < 1 or args.runs_per_turn < 1:
+        raise UserError("--turns and --runs_per_turn must be >= 1")
+    if "paddle_trt" in args.backends:
+        check_device(PredictorOptions(device="gpu", use_trt=True))
+    configs = model_configs(args.models.split(",") if args.models else None)
+    machine = machine_description()
+    protocol = {"preset": args.preset, "note": preset["note"], "input_shape": args.input_shape,
+                "threads": args.threads or cpu_count(), "warmup": args.warmup,
+                "turns": args.turns, "runs_per_turn": args.runs_per_turn,
+                "repeats": args.turns * args.runs_per_turn, "shape_mode": args.shape_mode,
+                "isolation": "one process per backend, backends take turns",
+                "output_op": "argmax", "backends": args.backends}
+    print(f"machine: {machine['cpu']}, {machine['usable_cpus']} CPUs, load "
+          f"{machine['load_average'][0]:.2f}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mobileseg-bench-") as tmp:
+        work = args.work_dir or tmp
+        for name, path in configs.items():
+            print(f"{name}:")
+            model_rows = bench_model(name, path, args, work)
+            rows += model_rows
+            for r in model_rows:
+                print(f"  {r['backend']:16s} " + (
+                    f"{r['median_ms']:8.1f} ms  [{r['p10_ms']:.1f}-{r['p90_ms']:.1f}]  "
+                    f"{r['fps']:6.2f} FPS" if r["status"] == "ok" else
+                    f"failed: {r['error']}"))
+    machine["load_average_end"] = list(os.getloadavg())
+    table = format_table(rows, machine, protocol)
+    print()
+    print(table)
+    with open(args.save_json, "w") as f:
+        json.dump({"machine": machine, "protocol": protocol, "results": rows,
+                   "published_fps": {k: {"v100_trt_fp32_1024x2048": v[0],
+                                         "snapdragon855_1thread_256x256": v[1]}
+                                     for k, v in PUBLISHED_FPS.items()}}, f, indent=2)
+    if args.save_table:
+        with open(args.save_table, "w") as f:
+            f.write(table + "\n")
+    if args.save_png:
+        shape = "x".join(map(str, protocol["input_shape"]))
+        plot_fps(rows, args.save_png, f"MobileSeg, {shape}, {protocol['threads']} thread(s), "
+                                      f"{machine['cpu']} ({args.preset} preset)")
+    print(f"\nwrote {args.save_json}" + (f", {args.save_png}" if args.save_png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

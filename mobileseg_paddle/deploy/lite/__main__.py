@@ -1,0 +1,80 @@
+"""``mobileseg lite`` (also ``python -m mobileseg_paddle.deploy.lite``): convert a checkpoint to
+Paddle Lite models, run or time them on this machine.
+
+  mobileseg lite --config C --model_path W --save_dir D [--input_shape 1 3 256 256]
+                 [--valid_targets arm,x86]          # convert (also: `convert` subcommand)
+  mobileseg lite segment --model_dir D --image I --out_dir O     # x86 host check
+  mobileseg lite bench --model_dir D [--repeats 50]               # x86 latency, 1 thread
+
+Bad input: one line "mobileseg lite: error: ..." on stderr and exit status 2 (as the other
+mobileseg commands).
+"""
+
+import argparse
+import sys
+
+from mobileseg_paddle.errors import UserError, run_main
+
+COMMANDS = ("convert", "segment", "bench")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (a missing flag ...) as a UserError: one line, as every other."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def add_convert_args(parser):
+    """The flags of the convert step (PaddleSeg's export flags)."""
+    parser.add_argument("--config", required=True, help="PaddleSeg config (.yml)")
+    parser.add_argument("--model_path", default=None, help="weights (.pdparams); random if absent")
+    parser.add_argument("--save_dir", required=True, help="folder for the .nb files + manifest")
+    parser.add_argument("--input_shape", nargs="+", default=["1", "3", "256", "256"],
+                        metavar="DIM", help="fixed input: 1 3 H W (as paddleseg's export) or 1,3,H,W")
+    parser.add_argument("--valid_targets", default="arm",
+                        help="comma/space separated: arm (phone), x86 (host checks)")
+
+
+def build_parser():
+    parser = _Parser(prog="mobileseg lite", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    add_convert_args(sub.add_parser("convert", help="checkpoint -> .nb + manifest.json"))
+    p = sub.add_parser("segment", help="run the x86 .nb on an image (host check)")
+    p.add_argument("--model_dir", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--out_dir", required=True)
+    p = sub.add_parser("bench", help="Lite x86 latency, 1 thread")
+    p.add_argument("--model_dir", required=True)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=50)
+    return parser
+
+
+def run(args):
+    if args.cmd == "convert":
+        from .convert import convert
+        convert(args.config, args.model_path, args.save_dir, args.input_shape, args.valid_targets)
+    elif args.cmd == "segment":
+        from .predict import segment
+        mask, overlay = segment(args.model_dir, args.image, args.out_dir)
+        print(f"wrote {mask} and {overlay}")
+    else:
+        from .predict import benchmark_nb
+        r = benchmark_nb(args.model_dir, warmup=args.warmup, repeats=args.repeats)
+        print(f"Lite x86, {r['threads']} thread: median {r['median_ms']:.2f} ms, "
+              f"mean {r['mean_ms']:.2f} ms, min {r['min_ms']:.2f} ms "
+              f"({r['repeats']} runs after {r['warmup']} warm-up)")
+
+
+def main(argv=None):
+    """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "convert")  # the export command's flags work without a subcommand
+    return run_main("lite", lambda: run(build_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Checkpoint -> Paddle Lite ``.nb`` models (ARM for the phone, x86 for host checks) + manifest.
+
+Steps; the arguments, the Lite runtime and the model are checked first, the files are written
+into a temporary folder beside ``save_dir`` that is moved in place only when complete:
+1. the config's model, as ``prepare_for_deploy(model, "lite")`` wrapped by ``DeployModel(...,
+   output_op="none")`` (logits), traced into the legacy program format at the fixed input shape
+   by the same writer as ``mobileseg export`` (``export.save_paddle_programs``), in this
+   process: tests/deploy/lite/test_lite_models.py shows the program equals the one a fresh
+   ``FLAGS_enable_pir_api=0`` process writes;
+2. the compatibility pass of ``program_compat.py``;
+3. one Lite worker run: the op report of every target (one error listing every op without a
+   kernel, before any .nb is written), then opt -> ``model_<target>.nb``;
+4. manifest.json (see ``manifest.py``).
+
+A failure leaves ``save_dir`` as it was.
+"""
+
+import os
+import shutil
+import tempfile
+
+from mobileseg_paddle.errors import UserError, one_line
+
+from . import manifest as mf
+from .lite_env import LiteRuntime
+from .program_compat import make_lite_compatible
+
+PROGRAM_PREFIX = "model"  # model.pdmodel / model.pdiparams: the legacy program opt reads
+DEFAULT_SHAPE = (1, 3, 256, 256)
+
+
+def parse_input_shape(values):
+    """The ``--input_shape`` values (``1 3 H W`` as paddleseg's export, or ``1,3,H,W``; ints or
+    strings) -> [1, 3, H, W]. The sizes follow ``mobileseg export``'s rules; a Lite model has a
+    fixed input of one image."""
+    from mobileseg_paddle.deploy.export import parse_input_shape as parse_export_shape
+    tokens = [values] if isinstance(values, (str, int)) else list(values)
+    tokens = [t for v in tokens for t in str(v).replace(",", " ").split()]
+    shape = parse_export_shape(tokens)
+    if shape[0] != 1 or min(shape) <= 0:
+        raise UserError(f"--input_shape {' '.join(tokens)}: a Paddle Lite model has a fixed "
+                        f"input: expected 1,3,H,W with H, W > 0")
+    return shape
+
+
+def parse_targets(values):
+    """``arm,x86`` / ``arm x86`` / ["arm", "x86"] -> ["arm", "x86"] (order kept, no repeats)."""
+    text = values if isinstance(values, str) else " ".join(values)
+    targets = text.replace(",", " ").split()
+    bad = [t for t in targets if t not in mf.TARGETS]
+    if not targets or bad:
+        raise UserError(f"--valid_targets {text!r}: expected some of {', '.join(mf.TARGETS)}")
+    return list(dict.fromkeys(targets))
+
+
+def _raise_unsupported(version, reports):
+    for target, report in reports.items():
+        if report["unsupported"]:
+            raise UserError(f"Paddle Lite {version} has no {target} kernel for "
+                            f"{len(report['unsupported'])} op(s) of this model: "
+                            f"{', '.join(report['unsupported'])}")
+
+
+def check_ops(runtime, model_file, param_file, target):
+    """Lite's op report for ``target`` ({"ops", "unsupported"}); UserError listing every op it
+    has no kernel for."""
+    prefix = os.path.splitext(model_file)[0] + f"_{target}"  # not written: check only
+    result = runtime.opt(model_file, param_file, {target: prefix}, check_only=True)
+    _raise_unsupported(result["version"], result["reports"])
+    return result["reports"][target]
+
+
+def export_program(model, out_dir, input_shape):
+    """Write ``out_dir/model.pdmodel`` + ``.pdiparams`` (legacy format) of ``model``'s logits."""
+    from mobileseg_paddle.deploy.export import save_paddle_programs
+    from mobileseg_paddle.models.export_rewrites import DeployModel, prepare_for_deploy
+    net = DeployModel(prepare_for_deploy(model, target="lite"), output_op="none")
+    try:
+        save_paddle_programs(net, out_dir, input_shape, program="legacy")
+    except Exception as e:  # e.g. a layer calling a function the legacy builders do not cover
+        raise UserError(f"tracing {type(model).__name__} into Paddle's legacy program format "
+                        f"failed: {one_line(e)}") from e
+    return os.path.join(out_dir, PROGRAM_PREFIX + ".pdmodel"), os.path.join(
+        out_dir, PROGRAM_PREFIX + ".pdiparams")
+
+
+def _install(tmp, save_dir):
+    """Move the finished files of ``tmp`` into ``save_dir``, the manifest last."""
+    if not os.path.exists(save_dir):
+        os.rename(tmp, save_dir)
+        return
+    old_manifest = os.path.join(save_dir, mf.FILENAME)
+    if os.path.exists(old_manifest):
+        os.remove(old_manifest)  # never a manifest that names half-replaced files
+    names = sorted(os.listdir(tmp), key=lambda n: n == mf.FILENAME)
+    for name in names:
+        os.replace(os.path.join(tmp, name), os.path.join(save_dir, name))
+    os.rmdir(tmp)
+
+
+def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targets="arm",
+            runtime=None, log=print):
+    """Convert; return the manifest dict. Raises UserError with one clear message on bad input."""
+    from mobileseg_paddle.builder import build_model
+    from mobileseg_paddle.config import normalization
+
+    input_shape = parse_input_shape(input_shape)
+    targets = parse_targets(valid_targets)
+    if not os.path.isfile(config):
+        raise UserError(f"--config {config}: no such file")
+    if model_path is not None and not os.path.exists(model_path):
+        raise UserError(f"--model_path {model_path}: no such file")
+    runtime = runtime or LiteRuntime.find()
+    if model_path is None:
+        log("warning: no --model_path: exporting randomly initialised weights")
+    model, cfg = build_model(config, model_path, drop_pretrained=True)
+    mean, std = normalization(cfg)
+
+    save_dir = os.path.abspath(save_dir)
+    parent = os.path.dirname(save_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(save_dir)}.partial-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the result is an ordinary folder
+    try:
+        log(f"exporting {config} at {input_shape} (legacy program format)")
+        model_file, param_file = export_program(model, tmp, input_shape)
+        fixes = make_lite_compatible(model_file)
+        log("compatibility fixes: " + (", ".join(f"{k} x{v}" for k, v in fixes.items() if v)
+                                       or "none needed"))
+        result = runtime.opt(model_file, param_file,
+                             {t: os.path.join(tmp, f"{PROGRAM_PREFIX}_{t}") for t in targets})
+        lite_version = result["version"]
+        _raise_unsupported(lite_version, result["reports"])
+        models = {}
+        for target in targets:
+            nb = result["models"][target]
+            models[target] = os.path.basename(nb)
+            log(f"{target}: all {len(result['reports'][target]['ops'])} op types have Lite "
+                f"kernels; wrote {models[target]} ({os.path.getsize(nb) / 1e6:.1f} MB)")
+        manifest = mf.make_manifest(
+            lite_version, models, input_shape, mean, std, int(model.num_classes), fixes,
+            {"config": os.path.abspath(config),
+             "model_path": os.path.abspath(model_path) if model_path else None,
+             "model": type(model).__name__,
+             "backbone": type(getattr(model, "backbone", None)).__name__})
+        mf.write_manifest(manifest, tmp)
+        _install(tmp, save_dir)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"Paddle Lite {lite_version} models and {mf.FILENAME} in {save_dir}")
+    return manifest

@@ -1,0 +1,223 @@
+"""The one runner layer: options -> a Paddle Inference predictor or an onnxruntime session.
+
+A runner is callable, ``runner(batch)``: an (N, 3, H, W) float32 numpy array in, the model's
+first output as numpy out. It is built from
+
+- a ``DeployConfig`` (our export, ``deploy.yaml``), or
+- ``ModelFiles``: bare files, ``ModelFiles.from_paddle(program, params)`` (paddleseg's own
+  export, which has no deploy.yaml, or the program Lite converted) or
+  ``ModelFiles.from_onnx(path)``,
+
+and ``PredictorOptions`` (threads, oneDNN, GPU, TensorRT, shape-range collection, ...)::
+
+    runner = create_runner(DeployConfig("output/inference"), "auto", PredictorOptions())
+    out = runner(x)
+
+One module per backend behind the same interface, ``paddle_inference`` and ``onnxruntime``
+(imported only when used: this package and the onnxruntime one import no paddle, so the
+onnxruntime benchmark workers run without Paddle's OpenMP and oneDNN libraries loaded).
+
+Adding an engine (OpenVINO, ...) or a precision (int8, bf16 on CPU, ...): its option here
+(``PredictorOptions`` with ``engine``, ``ENGINES``, ``PRECISIONS``, checked in ``check``),
+its set-up in the backend modules' ``ENGINES`` tables."""
+
+import importlib
+import os
+from dataclasses import dataclass, replace
+
+from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
+from mobileseg_paddle.errors import UserError
+
+BACKENDS = {  # --backend value -> its module: check_device(opts), create(files, opts)
+    "paddle": "mobileseg_paddle.deploy.runners.paddle_inference",
+    "onnxruntime": "mobileseg_paddle.deploy.runners.onnxruntime",
+}
+DEVICES = ("cpu", "gpu")
+PROGRAMS = ("auto", "legacy", "pir")
+PRECISIONS = ("fp32", "fp16", "int8")
+# what runs the graph: oneDNN or Paddle's plain CPU kernels, CUDA, or TensorRT (on CUDA)
+ENGINES = ("onednn", "plain", "gpu", "tensorrt")
+
+
+def cpu_count():
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@dataclass
+class PredictorOptions:
+    """How to run a model (names follow PaddleSeg's infer.py flags). The defaults are ours
+    (oneDNN, interpolations on oneDNN, memory reuse); ``paddle_defaults()`` gives Paddle
+    Inference's own set-up, as a user of a bare program gets it."""
+
+    device: str = "cpu"               # cpu | gpu
+    enable_mkldnn: bool = True        # oneDNN on CPU (else Paddle's plain CPU kernels)
+    cpu_threads: int = 0              # 0: all usable CPUs
+    ir_optim: bool = True
+    program: str = "auto"             # auto (legacy if exported) | legacy | pir
+    onednn_cache_capacity: int = 10   # input shapes whose oneDNN primitives stay cached
+    onednn_interp: bool = True        # exact interpolations on oneDNN too (legacy program)
+    onednn_pir_fallback: bool = True  # PIR + oneDNN: skip the oneDNN placement pass (see
+    #                                   paddle_inference.make_config); off: as Paddle sets it up
+    memory_optim: bool = True         # reuse intermediate buffers (legacy program)
+    gpu_mem_mb: int = 512
+    gpu_id: int = 0
+    use_trt: bool = False
+    precision: str = "fp32"           # TensorRT: fp32 | fp16 | int8 (the CPU engines run fp32)
+    min_subgraph_size: int = 3
+    trt_workspace_mb: int = 1024
+    max_batch_size: int = 1
+    shape_range_file: str = None      # collected shape ranges -> TensorRT dynamic shapes
+    trt_cache_dir: str = None         # serialized engines (and INT8 calibration tables)
+    trt_use_static: bool = False      # reuse the engines saved in trt_cache_dir
+    trt_calib_mode: bool = False      # INT8: calibrate on the data run through the predictor
+    collect_shape_range_file: str = None  # Paddle: record every tensor's shape range here
+    #                                       (written when the runner is closed)
+    profile_file_prefix: str = None   # onnxruntime: write its profile (JSON) under this prefix
+
+    @property
+    def engine(self):
+        """One of ``ENGINES``: what these options run the graph on."""
+        if self.device == "gpu":
+            return "tensorrt" if self.use_trt else "gpu"
+        return "onednn" if self.enable_mkldnn else "plain"
+
+    def check(self):
+        """Refuse values no backend knows, naming the flag."""
+        for flag, value, allowed in (("--device", self.device, DEVICES),
+                                     ("--program", self.program, PROGRAMS),
+                                     ("--precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise UserError(f"{flag}: expected one of {', '.join(allowed)}, got {value!r}")
+        if self.use_trt and self.device != "gpu":
+            raise UserError("--use_trt needs --device gpu")
+        if self.use_trt and self.collect_shape_range_file:
+            raise UserError("shape ranges are collected without TensorRT (they are its input)")
+        return self
+
+    def replace(self, **changes):
+        return replace(self, **changes)
+
+    def paddle_defaults(self):
+        """These options with Paddle Inference's defaults where ours differ: interpolations
+        left off oneDNN, no memory reuse, no placement-pass fallback for a PIR program."""
+        return replace(self, onednn_interp=False, memory_optim=False, onednn_pir_fallback=False)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files a runner loads. ``source`` names the model in messages."""
+
+    format: str                  # paddle | onnx
+    source: str
+    program: str = None          # paddle: the program file (.pdmodel legacy, .json PIR)
+    params: str = None           # paddle: the parameters
+    program_kind: str = None     # paddle: legacy | pir
+    onnx: str = None             # onnx: the .onnx file
+    dynamic_shape: bool = True   # a dynamic batch or H/W (TensorRT then needs shape ranges)
+
+    @classmethod
+    def from_paddle(cls, program, params, dynamic_shape=True):
+        """Bare Paddle program and parameter files (e.g. paddleseg's export)."""
+        for what, path in (("program", program), ("params", params)):
+            if not os.path.isfile(path):
+                raise UserError(f"{what} file not found: {path}")
+        kind = "pir" if program.endswith(".json") else "legacy"
+        return cls("paddle", program, program=program, params=params, program_kind=kind,
+                   dynamic_shape=dynamic_shape)
+
+    @classmethod
+    def from_onnx(cls, path, dynamic_shape=True):
+        """A bare .onnx file."""
+        if not os.path.isfile(path):
+            raise UserError(f"onnx file not found: {path}")
+        return cls("onnx", path, onnx=path, dynamic_shape=dynamic_shape)
+
+    @classmethod
+    def of(cls, model, backend, program="auto"):
+        """The files ``backend`` loads from ``model`` (a ``DeployConfig`` or ``ModelFiles``)."""
+        if isinstance(model, cls):
+            files = model
+        elif isinstance(model, DeployConfig):
+            files = cls._of_deploy(model, backend, program)
+        else:
+            raise TypeError(f"expected a DeployConfig or ModelFiles, got {type(model).__name__}")
+        if backend == "paddle" and files.format != "paddle":
+            raise UserError(f"{files.source}: this is an {files.format} export; "
+                            f"use --backend onnxruntime")
+        if backend == "onnxruntime" and files.format != "onnx":
+            raise UserError(f"{files.source}: a Paddle export; onnxruntime needs an export "
+                            f"made with --format onnx")
+        return files
+
+    @classmethod
+    def _of_deploy(cls, deploy, backend, program):
+        dynamic = deploy.dynamic_hw or deploy.input_shape[0] == -1
+        if deploy.format != ("onnx" if backend == "onnxruntime" else "paddle"):
+            return cls(deploy.format, deploy.path)  # the other backend's: refused by ``of``
+        if deploy.format == "onnx":
+            return cls("onnx", deploy.path, onnx=deploy.file("onnx"), dynamic_shape=dynamic)
+        if program == "auto":
+            program = "legacy" if "legacy" in deploy.files else "pir"
+        if program not in ("legacy", "pir"):
+            raise UserError(f"--program: expected auto, legacy or pir, got {program!r}")
+        return cls("paddle", deploy.path, program=deploy.file(program),
+                   params=deploy.file("params"), program_kind=program, dynamic_shape=dynamic)
+
+
+class Runner:
+    """The interface of every backend's runner."""
+
+    backend = None  # the --backend value
+
+    def __call__(self, batch):
+        """(N, 3, H, W) float32 numpy -> the model's first output as numpy."""
+        raise NotImplementedError
+
+    def close(self):
+        """Release the predictor or session (Paddle writes a collected shape file then)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def backend_module(backend):
+    try:
+        name = BACKENDS[backend]
+    except KeyError:
+        raise UserError(f"--backend: expected auto, {' or '.join(BACKENDS)}, "
+                        f"got {backend!r}") from None
+    return importlib.import_module(name)
+
+
+def resolve_backend(model, backend="auto"):
+    """``backend``, with auto: onnxruntime for an ONNX model, Paddle Inference otherwise."""
+    if backend == "auto":
+        return "onnxruntime" if getattr(model, "format", None) == "onnx" else "paddle"
+    backend_module(backend)  # refuses an unknown name
+    return backend
+
+
+def check_device(opts, backend="paddle"):
+    """Refuse, with one line, a device or engine the installed ``backend`` lacks (before any
+    slow work that would need it)."""
+    backend_module(backend).check_device(opts.check())
+
+
+def create_runner(model, backend="auto", opts=None):
+    """A runner of ``model`` (a ``DeployConfig`` or ``ModelFiles``) on ``backend`` (auto,
+    paddle, onnxruntime) set up as ``opts`` (``PredictorOptions``) asks."""
+    backend = resolve_backend(model, backend)
+    opts = (opts or PredictorOptions()).check()
+    module = backend_module(backend)
+    module.check_device(opts)
+    files = ModelFiles.of(model, backend, opts.program)
+    return module.create(files, opts)
+
+
+__all__ = ["BACKENDS", "DEVICES", "ENGINES", "PRECISIONS", "PROGRAMS", "ModelFiles",
+           "PredictorOptions", "Runner", "check_device", "cpu_count", "create_runner",
+           "resolve_backend"]

@@ -1,0 +1,181 @@
+"""Paddle Inference runner: ``PredictorOptions`` -> ``paddle.inference.Config`` -> predictor.
+
+The engines (``PredictorOptions.engine``) are set up by the functions of ``ENGINES``; the
+TensorRT precisions are in ``TRT_PRECISIONS``."""
+
+import os
+
+import numpy as np
+import paddle
+import paddle.inference as pi
+from paddle.base import core
+
+from mobileseg_paddle.deploy.runners import ModelFiles, Runner, cpu_count
+from mobileseg_paddle.errors import UserError, one_line
+
+TRT_PRECISIONS = {"fp32": "Float32", "fp16": "Half", "int8": "Int8"}  # -> pi.PrecisionType
+
+
+def check_device(opts):
+    """Refuse GPU/TensorRT on a Paddle build that lacks them, with one line."""
+    if opts.device == "gpu" and not paddle.is_compiled_with_cuda():
+        raise UserError("--device gpu: this paddlepaddle is a CPU build; install "
+                        "paddlepaddle-gpu (with TensorRT for --use_trt)")
+    if opts.use_trt and not _compiled_with_tensorrt():
+        raise UserError("--use_trt: this paddlepaddle was built without TensorRT")
+
+
+def _compiled_with_tensorrt():
+    fn = getattr(paddle, "is_compiled_with_tensorrt", None) or getattr(
+        getattr(paddle, "device", None), "is_compiled_with_tensorrt", None)
+    try:
+        return bool(fn()) if fn else paddle.is_compiled_with_cuda()
+    except Exception:
+        return False
+
+
+def make_config(model, opts, config_cls=None):
+    """A ``paddle.inference.Config`` for ``model`` (a ``DeployConfig`` or ``ModelFiles``) set
+    up as ``opts`` asks.
+
+    ``config_cls`` replaces ``paddle.inference.Config`` (the tests pass a recorder to check the
+    GPU/TensorRT calls, which a CPU build of Paddle refuses)."""
+    opts.check()
+    files = ModelFiles.of(model, "paddle", opts.program)
+    config_cls = config_cls or pi.Config
+    if opts.engine == "onednn" and opts.onednn_interp and files.program_kind == "legacy":
+        config = config_cls()
+        prog = mark_onednn_interpolations(_read(files.program))
+        params = _read(files.params)
+        config.set_model_buffer(prog, len(prog), params, len(params))
+    else:
+        config = config_cls(files.program, files.params)
+    config.switch_ir_optim(opts.ir_optim)
+    ENGINES[opts.engine](config, files, opts)
+    if files.program_kind == "legacy" and opts.memory_optim:
+        # (on a PIR program Paddle 3.3.1 fails with "Not find ... memory_optimize_pass")
+        config.enable_memory_optim()
+    if opts.collect_shape_range_file:
+        config.collect_shape_range_info(opts.collect_shape_range_file)
+    config.disable_glog_info()
+    return config
+
+
+def _cpu(config, opts):
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(opts.cpu_threads or cpu_count())
+
+
+def _onednn(config, files, opts):
+    _cpu(config, opts)
+    config.enable_mkldnn()
+    config.set_mkldnn_cache_capacity(opts.onednn_cache_capacity)
+    if files.program_kind == "pir" and opts.onednn_pir_fallback:
+        # Paddle 3.3.1 cannot run PIR interpolation ops on oneDNN (see export.py);
+        # without the placement pass they run on the plain CPU kernels.
+        config.delete_pass("onednn_placement_pass")
+
+
+def _plain(config, files, opts):
+    _cpu(config, opts)
+    config.disable_mkldnn()
+
+
+def _gpu(config, files, opts):
+    config.enable_use_gpu(opts.gpu_mem_mb, opts.gpu_id)
+
+
+def _tensorrt(config, files, opts):
+    _gpu(config, files, opts)
+    if opts.precision not in TRT_PRECISIONS:
+        raise UserError(f"--precision: TensorRT runs {', '.join(TRT_PRECISIONS)}, "
+                        f"got {opts.precision!r}")
+    precision = getattr(pi.PrecisionType, TRT_PRECISIONS[opts.precision])
+    if opts.trt_cache_dir:
+        os.makedirs(opts.trt_cache_dir, exist_ok=True)
+        config.set_optim_cache_dir(opts.trt_cache_dir)
+    try:
+        config.enable_tensorrt_engine(
+            workspace_size=opts.trt_workspace_mb << 20, max_batch_size=opts.max_batch_size,
+            min_subgraph_size=opts.min_subgraph_size, precision_mode=precision,
+            use_static=opts.trt_use_static,
+            use_calib_mode=opts.precision == "int8" and opts.trt_calib_mode)
+    except RuntimeError as e:  # a build without TensorRT refuses here
+        raise UserError(f"TensorRT: {one_line(e)}") from None
+    if opts.shape_range_file:
+        if not os.path.isfile(opts.shape_range_file):
+            raise UserError(f"--auto_tuned_shape_file not found: {opts.shape_range_file} "
+                            f"(collect it with --enable_auto_tune True)")
+        config.enable_tuned_tensorrt_dynamic_shape(opts.shape_range_file, True)
+    elif files.dynamic_shape:
+        raise UserError("TensorRT on a dynamic-shape export needs the shape ranges of the "
+                        "graph: run with --enable_auto_tune True (collects them from the input "
+                        "images) or pass --auto_tuned_shape_file")
+
+
+ENGINES = {"onednn": _onednn, "plain": _plain, "gpu": _gpu, "tensorrt": _tensorrt}
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def mark_onednn_interpolations(program_bytes):
+    """Legacy program bytes with ``use_mkldnn`` set on the interpolations oneDNN computes
+    exactly as Paddle does: bilinear with align_corners=False and align_mode=0 (half-pixel
+    centres). The analysis predictor leaves every interpolation on the plain CPU kernel, which
+    for the final full-size upsampling is slow and needs layout conversions around it;
+    Paddle's ``interpolate_onednn_pass`` moves all of them, but oneDNN's align_corners=True
+    bilinear and its nearest rounding differ from Paddle's (visibly, on Lite-HRNet)."""
+    desc = core.ProgramDesc(program_bytes)
+    for b in range(desc.num_blocks()):
+        block = desc.block(b)
+        for i in range(block.op_size()):
+            op = block.op(i)
+            if (op.type() == "bilinear_interp_v2" and not op.attr("align_corners")
+                    and op.attr("align_mode") == 0 and op.attr("data_layout") == "NCHW"):
+                op._set_attr("use_mkldnn", True)
+    return desc.serialize_to_string()
+
+
+class PaddleInferenceRunner(Runner):
+    """A Paddle Inference predictor. Besides ``runner(batch)``: ``feed``, ``run`` and
+    ``fetch`` (timing ``run`` alone leaves out the copies)."""
+
+    backend = "paddle"
+
+    def __init__(self, files, opts):
+        self.files, self.opts = files, opts
+        try:
+            self.predictor = pi.create_predictor(make_config(files, opts))
+        except UserError:
+            raise
+        except Exception as e:  # an unreadable or damaged program or parameter file
+            raise UserError(f"cannot load the program {files.program} with the parameters "
+                            f"{files.params}: {one_line(e)}") from None
+        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+
+    def feed(self, batch):
+        self.input.reshape(list(batch.shape))
+        self.input.copy_from_cpu(np.ascontiguousarray(batch))
+
+    def run(self):
+        self.predictor.run()
+
+    def fetch(self):
+        return self.output.copy_to_cpu()
+
+    def __call__(self, batch):
+        self.feed(batch)
+        self.run()
+        return self.fetch()
+
+    def close(self):
+        # the predictor writes a collected shape-range file when it is destroyed
+        self.input = self.output = self.predictor = None
+
+
+def create(files, opts):
+    return PaddleInferenceRunner(files, opts)

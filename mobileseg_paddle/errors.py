@@ -1,0 +1,61 @@
+"""The one user-error type and its one formatter.
+
+Every bad input (a config, a weights file, a flag, an image, an export folder, a Lite model)
+raises ``UserError`` with a message that names the file or field and what was expected; the
+command line prints it as ``mobileseg <command>: error: <one line>`` and exits with status 2.
+Imports nothing heavy: the onnxruntime side uses it without paddle."""
+
+EXIT_BAD_INPUT = 2
+
+
+class UserError(ValueError):
+    """A failure the user can act on; ``str(e)`` is the line shown."""
+
+
+class EvaluationFailed(UserError):
+    """Evaluation during training failed after the weights of that iteration were saved."""
+
+
+def one_line(e, limit=300):
+    """A foreign exception's message as one line: its last non-empty line (paddle and paddleseg
+    put the cause last), without paddleseg's "The error message is: " preamble, cut to
+    ``limit`` characters."""
+    lines = _lines(e)
+    text = lines[-1] if lines else ""
+    for marker in ("The error message is: ", "the error message is: "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    text = text or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def format_error(command, e):
+    """The line a command prints for ``e``. A ``UserError``'s message is ours: kept whole, on
+    one line (a DataLoader worker's re-raise wrapper removed); anything else via ``one_line``."""
+    if isinstance(e, UserError):
+        lines = _lines(e)
+        if len(lines) > 1 and "DataLoader worker" in lines[0]:
+            lines = [lines[-1].split(": ", 1)[-1]]
+        text = " ".join(lines) or type(e).__name__
+    else:
+        text = one_line(e)
+    return f"mobileseg {command}: error: {text}"
+
+
+def _lines(e):
+    return [s.strip() for s in str(e).splitlines() if s.strip()]
+
+
+def run_main(command, fn):
+    """Run ``fn()`` as ``mobileseg <command>``; return its exit status. A ``UserError`` is one
+    line on stderr (``format_error``) and status 2; Ctrl-C is status 130."""
+    import sys
+    try:
+        result = fn()
+    except UserError as e:
+        print(format_error(command, e), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"mobileseg {command}: interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0

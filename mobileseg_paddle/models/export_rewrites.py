@@ -1,0 +1,257 @@
+"""What the model changes about itself to be exported: rewrites with the same maths, the exported
+wrapper, and the builders that let it trace into Paddle's legacy program format.
+
+Rewrites (``prepare_for_deploy``; each checked against dygraph in tests/deploy/test_export.py):
+
+- conv bias folded into the following BatchNorm's running mean (BN(conv(x) + b) equals BN'(conv(x))
+  with mean' = mean - b). Paddle 3 traces a conv bias as a reshape + add that the inference
+  conv+BN fusion passes do not match.
+- adaptive average poolings to more than one bin (the context module's bins 2 and 4), in a form
+  that is exact for every input size on each target:
+  - paddle: a ``pool3d`` over a depth of one (``AdaptiveAvgPoolAs3D``): oneDNN's adaptive
+    ``pool2d`` gives wrong numbers once a predictor has run another input size;
+  - onnx: the matrix-product form (``MobileContextModule.pool_by_matmul``): paddle2onnx refuses
+    adaptive pooling on dynamic shapes and on static ones writes an AveragePool that is right
+    only when the feature size is a multiple of the bin count;
+  - lite: unchanged (a fixed input size; Lite has adaptive ``pool2d`` kernels, not ``pool3d``).
+
+``DeployModel`` is the exported network: an ordinary top-level layer (as PaddleSeg's
+``WrappedModel``) that returns the main logit followed by ``output_op``.
+
+Legacy programs (``legacy_op_shims``): Paddle 3.3.1 binds a few dozen public functions
+(``F.sigmoid``, ``paddle.multiply``, ``paddle.sum``, ``paddle.argmax`` ...) straight to
+``_C_ops``, which accept dygraph tensors and PIR values but not legacy ``Variable``s. The shims
+rebind the ones a segmentation network uses (``LEGACY_BUILDERS``), for the duration of a trace,
+to builders that append the legacy op of the same meaning (the op Paddle 2.x wrote and Lite
+reads); others still fail loudly. ``fast_warning_stack`` is a speed fix only: the legacy ``x + y``
+builder calls ``inspect.stack()`` (which reads the source of every frame) to word a warning.
+"""
+
+import contextlib
+import copy
+import inspect
+import sys
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle.base.framework import Variable
+from paddle.base.layer_helper import LayerHelper
+
+TARGETS = ("paddle", "onnx", "lite")
+OUTPUT_OPS = ("argmax", "softmax", "none")
+
+
+# --- rewrites -------------------------------------------------------------------------------------
+
+def prepare_for_deploy(model, target="paddle"):
+    """A deep copy of ``model`` in eval mode with the rewrites for ``target`` applied;
+    ``model`` is not modified."""
+    if target not in TARGETS:
+        raise ValueError(f"target {target!r}: expected one of {TARGETS}")
+    model = copy.deepcopy(model)
+    model.eval()
+    for layer in model.sublayers(include_self=True):
+        fold_conv_bias_into_bn(layer)
+        if target == "onnx" and hasattr(layer, "pool_by_matmul"):
+            layer.pool_by_matmul = True
+        if target == "paddle":
+            for name, sub in list(layer._sub_layers.items()):
+                if isinstance(sub, nn.AdaptiveAvgPool2D) and _binned(sub):
+                    layer._sub_layers[name] = AdaptiveAvgPoolAs3D(sub._output_size)
+    return model
+
+
+def _binned(pool):
+    size = pool._output_size
+    sizes = list(size) if isinstance(size, (list, tuple)) else [size, size]
+    return pool._data_format == "NCHW" and sizes != [1, 1]
+
+
+class AdaptiveAvgPoolAs3D(nn.Layer):
+    """``nn.AdaptiveAvgPool2D(output_size)`` computed as a 3-D adaptive pooling of the input with
+    a depth of one: the same numbers, as a ``pool3d`` op that Paddle Inference runs on its own
+    kernel."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        sizes = output_size if isinstance(output_size, (list, tuple)) else [output_size] * 2
+        self.sizes = [1] + list(sizes)
+
+    def forward(self, x):
+        return F.adaptive_avg_pool3d(x.unsqueeze(2), self.sizes).squeeze(2)
+
+
+def fold_conv_bias_into_bn(layer):
+    """For a ``ConvBNAct`` (a layer naming its conv/bn pair ``_conv_name``/``_bn_name``, applied in
+    sequence), move the conv bias into the BatchNorm running mean."""
+    conv_name, bn_name = getattr(layer, "_conv_name", None), getattr(layer, "_bn_name", None)
+    if conv_name is None or bn_name is None:
+        return
+    conv, bn = getattr(layer, conv_name, None), getattr(layer, bn_name, None)
+    if not isinstance(conv, nn.Conv2D) or not isinstance(bn, nn.BatchNorm2D) or conv.bias is None:
+        return
+    bn._mean.set_value(bn._mean.numpy() - conv.bias.numpy())
+    conv.bias = None
+
+
+# --- the exported network ---------------------------------------------------------------------------
+
+class DeployModel(nn.Layer):
+    """(N, 3, H, W) float32 -> argmax: (N, H, W) int32 label map; softmax: (N, C, H, W)
+    probabilities; none: (N, C, H, W) logits. ``channels_last_argmax``: reduce over the last
+    axis of an NHWC transpose (Paddle's CPU arg_max over axis 1 is several times slower, and
+    under oneDNN the tensor is already stored channels-last)."""
+
+    def __init__(self, model, output_op="argmax", channels_last_argmax=True):
+        super().__init__()
+        if output_op not in OUTPUT_OPS:
+            raise ValueError(f"output_op {output_op!r}: expected one of {OUTPUT_OPS}")
+        self.model = model
+        self.output_op = output_op
+        self.channels_last_argmax = channels_last_argmax
+        self.eval()
+
+    def forward(self, x):
+        logit = self.model(x)[0]
+        if self.output_op == "argmax":
+            axis = 1
+            if self.channels_last_argmax:
+                logit, axis = paddle.transpose(logit, [0, 2, 3, 1]), 3
+            return paddle.argmax(logit, axis=axis, dtype="int32")
+        if self.output_op == "softmax":
+            return F.softmax(logit, axis=1)
+        return logit
+
+
+# --- legacy programs --------------------------------------------------------------------------------
+
+def _append(op_type, inputs, attrs=None, dtype=None):
+    helper = LayerHelper(op_type)
+    first = next(iter(inputs.values()))
+    out = helper.create_variable_for_type_inference(dtype or first.dtype)
+    helper.append_op(type=op_type, inputs={k: [v] for k, v in inputs.items()},
+                     outputs={"Out": [out]}, attrs=attrs or {})
+    return out
+
+
+def _unary(op_type):
+    def build(x, name=None):
+        return _append(op_type, {"X": x})
+    return build
+
+
+def _elementwise(op_type):
+    def build(x, y, name=None):
+        return _append(op_type, {"X": x, "Y": y}, {"axis": -1})
+    return build
+
+
+def _matmul(x, y, transpose_x=False, transpose_y=False, name=None):
+    return _append("matmul_v2", {"X": x, "Y": y}, {"trans_x": transpose_x, "trans_y": transpose_y})
+
+
+def _sum(x, axis=None, dtype=None, keepdim=False, name=None):
+    if dtype is not None:
+        raise NotImplementedError("legacy export: paddle.sum(dtype=...) is not supported")
+    if axis is None:
+        dim, reduce_all = list(range(len(x.shape))), True
+    else:
+        dim = [axis] if isinstance(axis, int) else list(axis)
+        reduce_all = len(dim) == len(x.shape)
+    return _append("reduce_sum", {"X": x}, {"dim": dim, "keep_dim": keepdim,
+                                            "reduce_all": reduce_all})
+
+
+def _argmax(x, axis=None, keepdim=False, dtype="int64", name=None):
+    var_type = paddle.base.core.VarDesc.VarType
+    out_dtype = {"int64": var_type.INT64, "int32": var_type.INT32}[str(dtype).replace("paddle.", "")]
+    attrs = {"axis": 0 if axis is None else axis, "keepdims": keepdim, "flatten": axis is None,
+             "dtype": int(out_dtype)}
+    out = _append("arg_max", {"X": x}, attrs, dtype=out_dtype)
+    out.stop_gradient = True
+    return out
+
+
+# public name -> legacy builder; each entry is tested in tests/deploy/lite/test_lite_export.py
+LEGACY_BUILDERS = {
+    "sigmoid": _unary("sigmoid"),
+    "tanh": _unary("tanh"),
+    "exp": _unary("exp"),
+    "sqrt": _unary("sqrt"),
+    "rsqrt": _unary("rsqrt"),
+    "abs": _unary("abs"),
+    "floor": _unary("floor"),
+    "ceil": _unary("ceil"),
+    "log": _unary("log"),
+    "multiply": _elementwise("elementwise_mul"),
+    "maximum": _elementwise("elementwise_max"),
+    "minimum": _elementwise("elementwise_min"),
+    "matmul": _matmul,
+    "sum": _sum,
+    "argmax": _argmax,
+}
+
+
+def _dispatch(name, original, legacy):
+    def fn(x, *args, **kwargs):
+        if isinstance(x, Variable):
+            return legacy(x, *args, **kwargs)
+        return original(x, *args, **kwargs)
+    fn.__name__ = name
+    return fn
+
+
+@contextlib.contextmanager
+def legacy_op_shims():
+    """Rebind the functions of ``LEGACY_BUILDERS`` on every module/class that exposes them."""
+    import paddle.nn.functional.activation as F_act
+    import paddle.tensor.ops as tensor_ops
+    owners = [paddle, paddle.tensor, F, F_act, tensor_ops, Variable]
+    saved = []
+    try:
+        for name, legacy in LEGACY_BUILDERS.items():
+            for owner in owners:
+                original = owner.__dict__.get(name)
+                if original is None:
+                    continue
+                saved.append((owner, name, original))
+                setattr(owner, name, _dispatch(name, original, legacy))
+        yield
+    finally:
+        for owner, name, original in reversed(saved):
+            setattr(owner, name, original)
+
+
+class _InspectWithCheapStack:
+    """The ``inspect`` module, except that ``stack()`` skips reading source files."""
+
+    def __getattr__(self, name):
+        return getattr(inspect, name)
+
+    @staticmethod
+    def stack(context=1):
+        frames, f = [], sys._getframe(1)
+        while f is not None:
+            frames.append(inspect.FrameInfo(f, f.f_code.co_filename, f.f_lineno,
+                                            f.f_code.co_name, None, None))
+            f = f.f_back
+        return frames
+
+
+@contextlib.contextmanager
+def fast_warning_stack():
+    from paddle.base.layers import math_op_patch
+    original = math_op_patch.inspect
+    math_op_patch.inspect = _InspectWithCheapStack()
+    try:
+        yield
+    finally:
+        math_op_patch.inspect = original
+
+
+@contextlib.contextmanager
+def legacy_tracing():
+    """Everything a trace into a legacy program needs (the shims and the speed fix)."""
+    with legacy_op_shims(), fast_warning_stack():
+        yield

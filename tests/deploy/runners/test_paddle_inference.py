@@ -1,0 +1,203 @@
+"""The Paddle Inference runner: exports (and the bare files of paddleseg's export form) give
+the dygraph model's outputs (relative error <= 1e-4) with oneDNN on and off, legacy and PIR
+programs; the oneDNN interpolation marking; the GPU/TensorRT configuration as far as a CPU build
+of Paddle allows (see test_tensorrt_*).
+
+Weights and BatchNorm statistics are random (``helpers.numerics.randomize_``); the exports come
+from tests/deploy/test_export.py's ``exports()``."""
+
+import os
+
+import paddle
+import paddle.inference as pi
+import pytest
+from paddle.base import core
+from test_export import MODELS, exports
+
+from helpers.numerics import max_rel_err
+from mobileseg_paddle.deploy import runners as R
+from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
+from mobileseg_paddle.deploy.runners import paddle_inference as P
+from mobileseg_paddle.errors import UserError
+
+TOL = 1e-4
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_paddle_inference_matches_dygraph(name, dygraph_case):
+    deploy = DeployConfig(exports()[name]["paddle"])
+    for onednn in (True, False):
+        runner = R.create_runner(deploy, "paddle", R.PredictorOptions(enable_mkldnn=onednn))
+        assert runner.backend == "paddle"
+        for size, (x, ref) in dygraph_case(name).items():
+            out = runner(x)
+            assert out.shape == ref.shape
+            err = max_rel_err(out, ref)
+            assert err <= TOL, f"{name} oneDNN={onednn} {size}: relative error {err:.2e}"
+
+
+def test_pir_program_matches_dygraph(dygraph_case):
+    """The PIR program (model.json): oneDNN on (run without the placement pass, see
+    make_config) and off."""
+    deploy = DeployConfig(exports()["mobilenetv2"]["paddle"])
+    for onednn in (True, False):
+        runner = R.create_runner(deploy, "paddle",
+                                 R.PredictorOptions(program="pir", enable_mkldnn=onednn))
+        for size, (x, ref) in dygraph_case("mobilenetv2").items():
+            err = max_rel_err(runner(x), ref)
+            assert err <= TOL, f"PIR oneDNN={onednn} {size}: relative error {err:.2e}"
+
+
+def test_bare_program_files_run_as_the_export(dygraph_case):
+    """Bare program + parameter files (paddleseg's export has no deploy.yaml): the program
+    kind comes from the file name, and Paddle's own set-up (``paddle_defaults``) computes the
+    same maths; ``feed``/``run``/``fetch`` is ``runner(x)`` in three steps."""
+    folder = exports()["mobilenetv2"]["paddle"]
+    params = os.path.join(folder, "model.pdiparams")
+    legacy = R.ModelFiles.from_paddle(os.path.join(folder, "model.pdmodel"), params)
+    pir = R.ModelFiles.from_paddle(os.path.join(folder, "model.json"), params)
+    assert (legacy.program_kind, pir.program_kind) == ("legacy", "pir")
+    x, ref = dygraph_case("mobilenetv2")[(128, 256)]
+    for files, opts in ((legacy, R.PredictorOptions().paddle_defaults()),
+                        (legacy, R.PredictorOptions(enable_mkldnn=False).paddle_defaults()),
+                        (pir, R.PredictorOptions(enable_mkldnn=False).paddle_defaults()),
+                        (pir, R.PredictorOptions())):
+        with R.create_runner(files, "auto", opts) as runner:
+            assert runner.backend == "paddle"
+            err = max_rel_err(runner(x), ref)
+            assert err <= TOL, f"{files.program} {opts.engine}: relative error {err:.2e}"
+            runner.feed(x)
+            runner.run()
+            assert max_rel_err(runner.fetch(), ref) <= TOL
+    with pytest.raises(UserError, match="program file not found: .*nothing.pdmodel"):
+        R.ModelFiles.from_paddle(os.path.join(folder, "nothing.pdmodel"), params)
+
+
+def test_options_refuse_unknown_values():
+    for kwargs, flag in (({"device": "npu"}, "--device"), ({"program": "old"}, "--program"),
+                         ({"precision": "fp64"}, "--precision")):
+        with pytest.raises(UserError, match=flag):
+            R.PredictorOptions(**kwargs).check()
+    with pytest.raises(UserError, match="--use_trt needs --device gpu"):
+        R.PredictorOptions(use_trt=True).check()
+    with pytest.raises(UserError, match="--backend"):
+        R.create_runner(DeployConfig(exports()["mobilenetv2"]["paddle"]), "tensorflow")
+    assert [R.PredictorOptions(**kw).engine for kw in (
+        {}, {"enable_mkldnn": False}, {"device": "gpu"}, {"device": "gpu", "use_trt": True})] \
+        == ["onednn", "plain", "gpu", "tensorrt"] == list(R.ENGINES) == list(P.ENGINES)
+
+
+# ----------------------------------------------------------------------------------------------
+# oneDNN interpolation
+
+
+def test_onednn_marks_only_exact_interpolations():
+    with open(os.path.join(exports()["litehrnet18"]["paddle"], "model.pdmodel"), "rb") as f:
+        marked = P.mark_onednn_interpolations(f.read())
+
+    desc = core.ProgramDesc(marked)  # keep it referenced: blocks and ops point into it
+    block = desc.block(0)
+    ops = [block.op(i) for i in range(block.op_size())]
+    interp = [op for op in ops if op.type().endswith("_interp_v2")]
+    on = [op for op in interp if op.has_attr("use_mkldnn") and op.attr("use_mkldnn")]
+    assert on and all(op.type() == "bilinear_interp_v2" and not op.attr("align_corners")
+                      for op in on)
+    # Lite-HRNet's head upsamples with align_corners=True and its weighting with nearest:
+    # oneDNN computes both differently, so they stay on Paddle's kernels
+    assert any(op.attr("align_corners") for op in interp if op not in on)
+    assert any(op.type() == "nearest_interp_v2" for op in interp)
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU and TensorRT: a CPU build of Paddle refuses enable_tensorrt_engine ("To use
+# Paddle-TensorRT, please compile with TENSORRT first"), so the configuration is checked on a
+# recorder standing in for paddle.inference.Config; the shape-range collection that TensorRT
+# dynamic shapes are built from runs for real on the CPU (tests/deploy/test_infer.py).
+
+
+class RecordingConfig:
+    """Records the calls made on a paddle.inference.Config."""
+
+    def __init__(self, *args):
+        self.calls = [("__init__", args, {})]
+
+    def __getattr__(self, name):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return self if name == "pass_builder" else None
+        return record
+
+    def called(self, name):
+        return [(a, k) for n, a, k in self.calls if n == name]
+
+
+def _trt_config(deploy, **kw):
+    opts = R.PredictorOptions(device="gpu", use_trt=True, **kw)
+    return P.make_config(deploy, opts, config_cls=RecordingConfig)
+
+
+def test_tensorrt_configuration(tmp_path):
+    deploy = DeployConfig(exports()["mobilenetv2"]["paddle"])
+    shape_file = tmp_path / "shape.pbtxt"
+    shape_file.write_text("")
+    cache = tmp_path / "engines"
+    cfg = _trt_config(deploy, precision="fp16", shape_range_file=str(shape_file),
+                      trt_cache_dir=str(cache), trt_use_static=True, min_subgraph_size=5,
+                      max_batch_size=2)
+    assert cfg.called("__init__") == [((os.path.join(deploy.dir, "model.pdmodel"),
+                                        os.path.join(deploy.dir, "model.pdiparams")), {})]
+    assert cfg.called("enable_use_gpu") == [((512, 0), {})]
+    assert cfg.called("set_optim_cache_dir") == [((str(cache),), {})] and cache.is_dir()
+    assert cfg.called("enable_tensorrt_engine") == [((), dict(
+        workspace_size=1 << 30, max_batch_size=2, min_subgraph_size=5,
+        precision_mode=pi.PrecisionType.Half, use_static=True, use_calib_mode=False))]
+    assert cfg.called("enable_tuned_tensorrt_dynamic_shape") == [((str(shape_file), True), {})]
+    assert not cfg.called("enable_mkldnn") and not cfg.called("disable_gpu")
+
+    int8 = _trt_config(deploy, precision="int8", trt_calib_mode=True,
+                       shape_range_file=str(shape_file))
+    (_, kwargs), = int8.called("enable_tensorrt_engine")
+    assert kwargs["precision_mode"] == pi.PrecisionType.Int8 and kwargs["use_calib_mode"]
+    fp32 = _trt_config(deploy, shape_range_file=str(shape_file))
+    (_, kwargs), = fp32.called("enable_tensorrt_engine")
+    assert kwargs["precision_mode"] == pi.PrecisionType.Float32
+
+    # a dynamic-shape export needs the shape ranges; a fixed-shape one does not
+    with pytest.raises(UserError, match="shape ranges"):
+        _trt_config(deploy)
+    deploy.input_shape, deploy.dynamic_hw = [1, 3, 128, 256], False
+    assert not _trt_config(deploy).called("enable_tuned_tensorrt_dynamic_shape")
+    with pytest.raises(UserError, match="not found"):
+        _trt_config(deploy, shape_range_file=str(tmp_path / "missing.pbtxt"))
+
+
+def test_cpu_configuration_and_collection_mode(tmp_path):
+    """The CPU engines and the shape-range collection mode, on the same recorder."""
+    deploy = DeployConfig(exports()["mobilenetv2"]["paddle"])
+    onednn = P.make_config(deploy, R.PredictorOptions(cpu_threads=3), RecordingConfig)
+    assert onednn.called("__init__") == [((), {})]  # the marked program goes in as a buffer
+    assert onednn.called("set_cpu_math_library_num_threads") == [((3,), {})]
+    assert onednn.called("enable_mkldnn") and onednn.called("enable_memory_optim")
+    assert not onednn.called("collect_shape_range_info")
+    shapes = str(tmp_path / "shapes.pbtxt")
+    plain = P.make_config(deploy, R.PredictorOptions(
+        enable_mkldnn=False, memory_optim=False, collect_shape_range_file=shapes),
+        RecordingConfig)
+    assert plain.called("disable_mkldnn") and not plain.called("enable_mkldnn")
+    assert plain.called("collect_shape_range_info") == [((shapes,), {})]
+    assert not plain.called("enable_memory_optim")
+    pir = P.make_config(deploy, R.PredictorOptions(program="pir"), RecordingConfig)
+    assert pir.called("delete_pass") == [(("onednn_placement_pass",), {})]
+    assert not pir.called("enable_memory_optim")
+    pir = P.make_config(deploy, R.PredictorOptions(program="pir").paddle_defaults(),
+                        RecordingConfig)
+    assert not pir.called("delete_pass")
+
+
+@pytest.mark.skipif(paddle.is_compiled_with_cuda(), reason="checks the CPU build's refusal")
+def test_gpu_and_tensorrt_refused_on_a_cpu_build():
+    with pytest.raises(UserError, match="CPU build"):
+        R.check_device(R.PredictorOptions(device="gpu"))
+    deploy = DeployConfig(exports()["mobilenetv2"]["paddle"])
+    with pytest.raises(UserError, match="paddlepaddle-gpu"):
+        R.create_runner(deploy, "paddle", R.PredictorOptions(device="gpu", use_trt=True))

@@ -1,0 +1,145 @@
+"""The benchmarks: benchmarks/inference_stages.py cuts both exports at the low-resolution
+logits (the cut graphs must compute exactly that tensor, or the stage timings compare different
+work) and groups kernels alike for both runtimes; ``mobileseg bench``'s statistics, table and
+plot; the modules the onnxruntime workers import load no paddle."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from helpers import ROOT
+from helpers.numerics import max_rel_err
+from mobileseg_paddle import resources
+from mobileseg_paddle.deploy import benchmark as B
+from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
+from mobileseg_paddle.deploy.export import export
+from mobileseg_paddle.deploy.runners import PredictorOptions, create_runner
+
+CONFIG = os.path.join(ROOT, "configs", "mobileseg",
+                      "mobileseg_mobilenetv2_cityscapes_1024x512_80k.yml")
+
+
+def _stages_module():
+    spec = importlib.util.spec_from_file_location(
+        "inference_stages", os.path.join(ROOT, "benchmarks", "inference_stages.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cut_exports_output_the_low_resolution_logits(tmp_path):
+    stages = _stages_module()
+    model, _, _ = B.build_pair(CONFIG, seed=3)
+    x = np.random.default_rng(0).standard_normal((1, 3, 128, 256)).astype(np.float32)
+    with paddle.no_grad():
+        feats = model.backbone(paddle.to_tensor(x))
+        decoded = model.ppseg_head([feats[i] for i in model.backbone_indices])
+        expected = model.seg_heads[0](decoded[0]).numpy()
+    assert expected.shape == (1, 19, 16, 32) and np.abs(expected).mean() > 0.05
+
+    paddle_dir = os.path.dirname(export(CONFIG, str(tmp_path / "paddle"), model=model,
+                                        input_shape=[-1, 3, -1, -1], fmt="paddle",
+                                        program="legacy"))
+    onnx_dir = os.path.dirname(export(CONFIG, str(tmp_path / "onnx"), model=model,
+                                      input_shape=list(x.shape), fmt="onnx"))
+    cut_paddle = stages.cut_paddle(paddle_dir, str(tmp_path / "paddle_lowres"))
+    cut_onnx = stages.cut_onnx(onnx_dir, str(tmp_path / "onnx_lowres"))
+
+    opts = PredictorOptions(cpu_threads=1)
+    got_paddle = create_runner(DeployConfig(cut_paddle), "paddle", opts)(x)
+    got_onnx = create_runner(DeployConfig(cut_onnx), "onnxruntime", opts)(x)
+    assert got_paddle.shape == got_onnx.shape == expected.shape
+    assert max_rel_err(got_paddle, expected) < 1e-4
+    assert max_rel_err(got_onnx, expected) < 1e-4
+    # the served exports themselves are untouched
+    served = create_runner(DeployConfig(paddle_dir), "paddle", opts)(x)
+    assert served.shape == (1, 128, 256) and served.dtype == np.int32
+
+
+def _onednn_exec(kind, desc, ms):
+    return (f"onednn_verbose,v1,primitive,exec,cpu,{kind},brgconv:avx512_core,forward_inference,"
+            "src:f32:a:blocked:acdb::f0 wei:f32:a:blocked:Acdb32a::f0,"
+            f"attr-post-ops:eltwise_clip:0:6,alg:convolution_direct,{desc},{ms}")
+
+
+def _ort_node(op, x_shape, w_shape):
+    return {"cat": "Node", "name": "Conv_1_kernel_time", "dur": 1000,
+            "args": {"op_name": op, "input_type_shape": [{"float": x_shape}, {"float": w_shape}]}}
+
+
+def test_kernel_groups_match_between_onednn_log_and_onnxruntime_profile():
+    """The per-kernel comparison puts a convolution in the same group whichever runtime ran it
+    (lines and events in the formats oneDNN 3.6 and onnxruntime 1.32 write)."""
+    stages = _stages_module()
+    cases = [  # (oneDNN descriptor, onnxruntime input and weight shapes, group)
+        ("mb1_ic3oc32_ih512oh256kh3sh2dh0ph1_iw1024ow512kw3sw2dw0pw1",
+         [1, 3, 512, 1024], [32, 3, 3, 3], "conv: first (3 input channels)"),
+        ("g32mb1_ic32oc32_ih256oh256kh3sh1dh0ph1_iw512ow512kw3sw1dw0pw1",
+         [1, 32, 256, 512], [32, 1, 3, 3], "conv: depthwise"),
+        ("mb1_ic32oc16_ih256oh256kh1sh1dh0ph0_iw512ow512kw1sw1dw0pw0",
+         [1, 32, 256, 512], [16, 32, 1, 1], "conv: other"),
+        ("g2mb1_ic64oc64_ih32oh32kh3sh1dh0ph1_iw64ow64kw3sw1dw0pw1",  # grouped, not depthwise
+         [1, 64, 32, 64], [64, 32, 3, 3], "conv: other"),
+    ]
+    for desc, x_shape, w_shape, group in cases:
+        assert stages.onednn_group(_onednn_exec("convolution", desc, "1.2").split(",")) == group
+        assert stages.onnxruntime_group(_ort_node("Conv", x_shape, w_shape)) == group
+    reorder = ("onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,"
+               "src:f32::blocked:acdb::f0 dst:f32::blocked:abcd::f0,,,1x320x16x32,0.0778809")
+    assert stages.onednn_group(reorder.split(",")) == "reorder"
+    assert stages.onnxruntime_group(_ort_node("Resize", [1, 19, 64, 128], [4])) == "Resize"
+
+
+def test_deploy_modules_import_without_paddle():
+    """The onnxruntime runner and the benchmark workers import these modules: they must not
+    load paddle (or paddleseg, which loads it) at import time, or every onnxruntime measurement
+    runs beside Paddle's OpenMP and oneDNN libraries (running one: tests/deploy/runners)."""
+    modules = ["mobileseg_paddle.deploy.infer", "mobileseg_paddle.deploy.benchmark",
+               "mobileseg_paddle.deploy.runners", "mobileseg_paddle.deploy.runners.onnxruntime",
+               "mobileseg_paddle.deploy.deploy_yaml", "mobileseg_paddle.palette",
+               "mobileseg_paddle.errors"]
+    code = (f"import sys, {', '.join(modules)}; "
+            "print(sorted(m for m in ('paddle', 'paddleseg') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], env=resources.child_env(),
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+    # the paddle side is where paddle is loaded (and is, so the check above can fail)
+    code = ("import sys, mobileseg_paddle.deploy.runners.paddle_inference; "
+            "print('paddle' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], env=resources.child_env(),
+                          capture_output=True, text=True, check=True).stdout.strip() == "True"
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark report (its timing runs are not tests; the statistics and the outputs are)
+
+
+def test_benchmark_statistics_table_and_plot(tmp_path):
+    stats = B.summarize([0.010, 0.012, 0.011, 0.050])
+    assert stats["runs"] == 4 and stats["median_ms"] == pytest.approx(11.5)
+    assert stats["fps"] == pytest.approx(1000 / 11.5) and stats["min_ms"] == pytest.approx(10)
+    rows = []
+    for backend, ms in (("paddle", 80.0), ("onnxruntime", 100.0), ("official", 400.0)):
+        rows.append(dict(model="mobilenetv2", backbone="MobileNetV2_x1_0", backend=backend,
+                         threads=2, status="ok", **B.summarize([ms / 1000] * 3)))
+    rows.append(dict(model="ghostnet", backbone="GhostNet_x1_0", backend="paddle", threads=2,
+                     status="failed", error="boom"))
+    machine = dict(cpu="test CPU", isa=["avx2"], usable_cpus=2, memory_gb=8,
+                   load_average=[0.1, 0, 0], load_average_end=[0.2, 0, 0],
+                   versions={"paddlepaddle": "x"})
+    protocol = dict(preset="phone", note="n", input_shape=[1, 3, 256, 256], warmup=1,
+                    repeats=3, turns=1)
+    table = B.format_table(rows, machine, protocol).splitlines()
+    head = next(line for line in table if line.startswith("| Model"))
+    assert "published Snapdragon 855 FPS" in head
+    mv2 = next(line for line in table if line.startswith("| mobilenetv2"))
+    assert "| 27.01 |" in mv2 and "12.50 (80.0" in mv2
+    assert "| 5.00x |" in mv2 and "| 1.25x |" in mv2  # vs paddleseg's export, vs onnxruntime
+    assert "failed: boom" in next(line for line in table if line.startswith("| ghostnet"))
+    png = B.plot_fps(rows, str(tmp_path / "fps.png"), "test")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
