@@ -115,9 +115,10 @@ def program_signature(path):
     the same program's variables differently."""
     program = read_program(path)
     names = {}
+    descs = {v.name: v for block in program.blocks for v in block.vars}
 
-    def var(block, name):
-        desc = next((v for v in block.vars if v.name == name), None)
+    def var(name):
+        desc = descs.get(name)
         kind = None if desc is None else (desc.type.type, desc.persistable,
                                           tuple(desc.type.dense_tensor.tensor.dims),
                                           desc.type.dense_tensor.tensor.data_type)
@@ -128,7 +129,7 @@ def program_signature(path):
         for op in block.ops:
             attrs = sorted(a.SerializeToString() for a in op.attrs
                            if a.name not in VOLATILE_ATTRS)
-            slots = [(s.parameter, [var(block, n) for n in s.arguments])
+            slots = [(s.parameter, [var(n) for n in s.arguments])
                      for s in (*op.inputs, *op.outputs)]
             ops.append((op.type, attrs, slots))
     return program, ops, names
