@@ -127,6 +127,17 @@ class TwoNodes:
     def log(self, rank):
         return (self.log_dirs[rank] / "workerlog.0").read_text()
 
+    def assert_survivor_exits(self, what):
+        """Node 0 exits non-zero within NODE_DEATH_LIMIT seconds of node 1 having ``what``."""
+        start = time.monotonic()
+        try:
+            self.procs[0].wait(timeout=NODE_DEATH_LIMIT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"node 0 still running {NODE_DEATH_LIMIT} s after node 1 "
+                                 f"{what}\n{self.tail()}") from None
+        assert time.monotonic() - start < NODE_DEATH_LIMIT
+        assert self.procs[0].returncode != 0
+
     def tail(self, n=3000):
         return "\n".join(f"--- {o.name}\n{o.read_text()[-n:]}" for o in self.outs if o.exists())
 
@@ -220,14 +231,7 @@ def test_killed_node_fails_the_other_and_training_resumes(tmp_path, two_nodes):
     nodes = two_nodes(tmp_path, "run", args)
     nodes.wait_for(save_dir / "iter_10" / "model.pdopt")
     nodes.signal_node(1, signal.SIGKILL)  # the whole node: its launch and its worker
-    start = time.monotonic()
-    try:
-        nodes.procs[0].wait(timeout=NODE_DEATH_LIMIT)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"node 0 still running {NODE_DEATH_LIMIT} s after node 1 died\n"
-                             f"{nodes.tail()}") from None
-    assert time.monotonic() - start < NODE_DEATH_LIMIT
-    assert nodes.procs[0].returncode != 0
+    nodes.assert_survivor_exits("died")
     survivor = nodes.outs[0].read_text()
     # gloo notices the closed sockets at the next all-reduce and the worker aborts
     assert re.search(r"Connection reset by peer|TIMEOUT self_rank = 0 pair_rank = 1|"
@@ -256,14 +260,7 @@ def test_hung_node_fails_the_other_through_the_watchdog(tmp_path, two_nodes):
                       env={"MOBILESEG_DIST_TIMEOUT": "15"})
     nodes.wait_for(save_dir / "iter_5" / "model.pdopt")
     nodes.signal_node(1, signal.SIGSTOP, launch=False)
-    start = time.monotonic()
-    try:
-        nodes.procs[0].wait(timeout=NODE_DEATH_LIMIT)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"node 0 still running {NODE_DEATH_LIMIT} s after node 1 hung\n"
-                             f"{nodes.tail()}") from None
-    assert time.monotonic() - start < NODE_DEATH_LIMIT
-    assert nodes.procs[0].returncode != 0
+    nodes.assert_survivor_exits("hung")
     assert re.search(r"mobileseg train: error: rank 0: no training step finished for 15 s: "
                      r"a peer replica is dead or hung", nodes.outs[0].read_text()), nodes.tail()
 
