@@ -98,18 +98,23 @@ def fold_conv_bias_into_bn(layer):
 # --- the exported network ---------------------------------------------------------------------------
 
 class DeployModel(nn.Layer):
-    """(N, 3, H, W) float32 -> argmax: (N, H, W) int32 label map; softmax: (N, C, H, W)
-    probabilities; none: (N, C, H, W) logits. ``channels_last_argmax``: reduce over the last
-    axis of an NHWC transpose (Paddle's CPU arg_max over axis 1 is several times slower, and
-    under oneDNN the tensor is already stored channels-last)."""
+    """(N, 3, H, W) float32 -> argmax: (N, H, W) label map (``label_dtype``: int32 as
+    paddleseg's export; int64 is what Paddle-Lite-Demo's segmentation demo reads); softmax:
+    (N, C, H, W) probabilities; none: (N, C, H, W) logits. ``channels_last_argmax``: reduce over
+    the last axis of an NHWC transpose (Paddle's CPU arg_max over axis 1 is several times slower,
+    and under oneDNN the tensor is already stored channels-last)."""
 
-    def __init__(self, model, output_op="argmax", channels_last_argmax=True):
+    def __init__(self, model, output_op="argmax", channels_last_argmax=True,
+                 label_dtype="int32"):
         super().__init__()
         if output_op not in OUTPUT_OPS:
             raise ValueError(f"output_op {output_op!r}: expected one of {OUTPUT_OPS}")
+        if label_dtype not in ("int32", "int64"):
+            raise ValueError(f"label_dtype {label_dtype!r}: expected int32 or int64")
         self.model = model
         self.output_op = output_op
         self.channels_last_argmax = channels_last_argmax
+        self.label_dtype = label_dtype
         self.eval()
 
     def forward(self, x):
@@ -118,7 +123,7 @@ class DeployModel(nn.Layer):
             axis = 1
             if self.channels_last_argmax:
                 logit, axis = paddle.transpose(logit, [0, 2, 3, 1]), 3
-            return paddle.argmax(logit, axis=axis, dtype="int32")
+            return paddle.argmax(logit, axis=axis, dtype=self.label_dtype)
         if self.output_op == "softmax":
             return F.softmax(logit, axis=1)
         return logit

@@ -35,7 +35,7 @@ done
 
 [[ -n "$demo" && -f "$demo" ]] || die "--demo '$demo': no such file (build deploy/lite/android first)"
 [[ -n "$lite_lib" && -f "$lite_lib" ]] || die "--lite_lib '$lite_lib': no such file (libpaddle_light_api_shared.so of Paddle Lite v2.13-rc)"
-[[ -n "$model_dir" && -f "$model_dir/manifest.json" ]] || die "--model_dir '$model_dir': no manifest.json (convert with python -m deploy.lite)"
+[[ -n "$model_dir" && -f "$model_dir/manifest.json" ]] || die "--model_dir '$model_dir': no manifest.json (convert with 'mobileseg lite')"
 [[ -f "$model_dir/model_arm.nb" ]] || die "--model_dir '$model_dir': no model_arm.nb (convert with --valid_targets arm)"
 [[ -n "$image" && -f "$image" ]] || die "--image '$image': no such file"
 if [[ -z "$cxx_shared" && -n "${ANDROID_NDK:-}" ]]; then

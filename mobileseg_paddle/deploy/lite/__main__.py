@@ -2,7 +2,8 @@
 Paddle Lite models, run or time them on this machine.
 
   mobileseg lite --config C --model_path W --save_dir D [--input_shape 1 3 256 256]
-                 [--valid_targets arm,x86]          # convert (also: `convert` subcommand)
+                 [--valid_targets arm,x86] [--output_op none|argmax] [--precision fp32|fp16]
+                                                    # convert (also: `convert` subcommand)
   mobileseg lite segment --model_dir D --image I --out_dir O     # x86 host check
   mobileseg lite bench --model_dir D [--repeats 50]               # x86 latency, 1 thread
 
@@ -34,6 +35,13 @@ def add_convert_args(parser):
                         metavar="DIM", help="fixed input: 1 3 H W (as paddleseg's export) or 1,3,H,W")
     parser.add_argument("--valid_targets", default="arm",
                         help="comma/space separated: arm (phone), x86 (host checks)")
+    parser.add_argument("--output_op", default="none",
+                        help="none: logits (1, C, H, W) float32, the demo takes the argmax; "
+                             "argmax: the int64 (1, H, W) label map in the graph (what "
+                             "Paddle-Lite-Demo's segmentation demo reads)")
+    parser.add_argument("--precision", default="fp32",
+                        help="fp32, or fp16: FP16 kernels in the ARM model (ARMv8.2 cores, "
+                             "e.g. Snapdragon 855)")
 
 
 def build_parser():
@@ -55,7 +63,8 @@ def build_parser():
 def run(args):
     if args.cmd == "convert":
         from .convert import convert
-        convert(args.config, args.model_path, args.save_dir, args.input_shape, args.valid_targets)
+        convert(args.config, args.model_path, args.save_dir, args.input_shape, args.valid_targets,
+                output_op=args.output_op, precision=args.precision)
     elif args.cmd == "segment":
         from .predict import segment
         mask, overlay = segment(args.model_dir, args.image, args.out_dir)

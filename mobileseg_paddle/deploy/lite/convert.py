@@ -2,14 +2,16 @@
 
 Steps; the arguments, the Lite runtime and the model are checked first, the files are written
 into a temporary folder beside ``save_dir`` that is moved in place only when complete:
-1. the config's model, as ``prepare_for_deploy(model, "lite")`` wrapped by ``DeployModel(...,
-   output_op="none")`` (logits), traced into the legacy program format at the fixed input shape
+1. the config's model, as ``prepare_for_deploy(model, "lite")`` wrapped by ``DeployModel``
+   (``--output_op none``: logits; ``argmax``: an int64 (1, H, W) label map, what
+   Paddle-Lite-Demo's segmentation demo reads), traced into the legacy program format at the fixed input shape
    by the same writer as ``mobileseg export`` (``export.save_paddle_programs``), in this
    process: tests/deploy/lite/test_lite_models.py shows the program equals the one a fresh
    ``FLAGS_enable_pir_api=0`` process writes;
 2. the compatibility pass of ``program_compat.py``;
 3. one Lite worker run: the op report of every target (one error listing every op without a
-   kernel, before any .nb is written), then opt -> ``model_<target>.nb``;
+   kernel, before any .nb is written), then opt -> ``model_<target>.nb`` (``--precision fp16``:
+   opt's FP16 mode for the ARM model, for ARMv8.2 cores such as the Snapdragon 855's);
 4. manifest.json (see ``manifest.py``).
 
 A failure leaves ``save_dir`` as it was.
@@ -70,11 +72,20 @@ def check_ops(runtime, model_file, param_file, target):
     return result["reports"][target]
 
 
-def export_program(model, out_dir, input_shape):
-    """Write ``out_dir/model.pdmodel`` + ``.pdiparams`` (legacy format) of ``model``'s logits."""
+def parse_choice(flag, value, choices):
+    if value not in choices:
+        raise UserError(f"{flag} {value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def export_program(model, out_dir, input_shape, output_op="none"):
+    """Write ``out_dir/model.pdmodel`` + ``.pdiparams`` (legacy format) of ``model``'s logits
+    (``output_op`` none) or label map (argmax)."""
     from mobileseg_paddle.deploy.export import save_paddle_programs
     from mobileseg_paddle.models.export_rewrites import DeployModel, prepare_for_deploy
-    net = DeployModel(prepare_for_deploy(model, target="lite"), output_op="none")
+    # arg_max over the channel axis: Lite has no oneDNN layout reason for the NHWC transpose
+    net = DeployModel(prepare_for_deploy(model, target="lite"), output_op=output_op,
+                      channels_last_argmax=False, label_dtype=mf.LABEL_DTYPE)
     try:
         save_paddle_programs(net, out_dir, input_shape, program="legacy")
     except Exception as e:  # e.g. a layer calling a function the legacy builders do not cover
@@ -99,13 +110,19 @@ def _install(tmp, save_dir):
 
 
 def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targets="arm",
-            runtime=None, log=print):
+            runtime=None, log=print, output_op="none", precision="fp32"):
     """Convert; return the manifest dict. Raises UserError with one clear message on bad input."""
     from mobileseg_paddle.builder import build_model
     from mobileseg_paddle.config import normalization
 
     input_shape = parse_input_shape(input_shape)
     targets = parse_targets(valid_targets)
+    parse_choice("--output_op", output_op, mf.OUTPUT_OPS)
+    parse_choice("--precision", precision, mf.PRECISIONS)
+    fp16 = ["arm"] if precision == "fp16" else []
+    if fp16 and "arm" not in targets:
+        raise UserError(f"--precision fp16 is for the ARM model (--valid_targets "
+                        f"{','.join(targets)} has none): Lite's x86 kernels are FP32")
     if not os.path.isfile(config):
         raise UserError(f"--config {config}: no such file")
     if model_path is not None and not os.path.exists(model_path):
@@ -125,12 +142,13 @@ def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targe
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the result is an ordinary folder
     try:
         log(f"exporting {config} at {input_shape} (legacy program format)")
-        model_file, param_file = export_program(model, tmp, input_shape)
+        model_file, param_file = export_program(model, tmp, input_shape, output_op)
         fixes = make_lite_compatible(model_file)
         log("compatibility fixes: " + (", ".join(f"{k} x{v}" for k, v in fixes.items() if v)
                                        or "none needed"))
         result = runtime.opt(model_file, param_file,
-                             {t: os.path.join(tmp, f"{PROGRAM_PREFIX}_{t}") for t in targets})
+                             {t: os.path.join(tmp, f"{PROGRAM_PREFIX}_{t}") for t in targets},
+                             fp16=fp16)
         lite_version = result["version"]
         _raise_unsupported(lite_version, result["reports"])
         models = {}
@@ -144,7 +162,9 @@ def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targe
             {"config": os.path.abspath(config),
              "model_path": os.path.abspath(model_path) if model_path else None,
              "model": type(model).__name__,
-             "backbone": type(getattr(model, "backbone", None)).__name__})
+             "backbone": type(getattr(model, "backbone", None)).__name__},
+            output_op=output_op,
+            precision={t: "fp16" if t in fp16 else "fp32" for t in targets})
         mf.write_manifest(manifest, tmp)
         _install(tmp, save_dir)
     finally:

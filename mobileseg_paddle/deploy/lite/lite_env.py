@@ -110,13 +110,15 @@ class LiteRuntime:
             self.run_worker({"cmd": "version"})
         return self._version
 
-    def opt(self, model_file, param_file, outputs, check_only=False):
+    def opt(self, model_file, param_file, outputs, check_only=False, fp16=()):
         """Op report of every target of ``outputs`` ({target: out prefix}), then, only if no
-        target lacks a kernel (and not ``check_only``), opt -> prefix.nb per target. Returns
-        {"version", "reports": {target: {"ops", "unsupported"}}, "models": {target: .nb path}}."""
+        target lacks a kernel (and not ``check_only``), opt -> prefix.nb per target (FP16
+        kernels for the targets in ``fp16``). Returns {"version", "reports": {target: {"ops",
+        "unsupported"}}, "models": {target: .nb path}}."""
         result, _ = self.run_worker({
             "cmd": "opt", "model_file": self.path(model_file), "param_file": self.path(param_file),
-            "outputs": {t: self.path(p) for t, p in outputs.items()}, "check_only": check_only})
+            "outputs": {t: self.path(p) for t, p in outputs.items()}, "check_only": check_only,
+            "fp16": list(fp16)})
         result["models"] = {t: outputs[t] + ".nb" for t in result["models"]}
         return result
 

@@ -8,9 +8,10 @@ on). Every result carries ``version`` (Paddle Lite's). Arrays travel as ``{"dtyp
 
   {"cmd": "version"}
   {"cmd": "opt", "model_file": F, "param_file": F, "outputs": {"arm": PREFIX, ...},
-   "check_only": false}
+   "check_only": false, "fp16": ["arm"]}
       op report of every target first (-> "reports"); only if every op of every target has a
-      kernel, opt writes PREFIX.nb per target (-> "models")
+      kernel, opt writes PREFIX.nb per target (-> "models"), with FP16 kernels (opt's
+      enable_fp16) for the targets listed in "fp16"
   {"cmd": "run", "nb": F, "input": ARRAY, "threads": 1, "expect_version": V}      -> "outputs"
   {"cmd": "bench", "nb": F, "shape": [1, 3, H, W], "threads": 1, "warmup": 10, "repeats": 50,
    "expect_version": V}                                    -> median_ms, mean_ms, min_ms ...
@@ -128,6 +129,8 @@ def cmd_opt(req):
         opt = lite().Opt()
         opt.set_model_file(req["model_file"])
         opt.set_param_file(req["param_file"])
+        if target in req.get("fp16", ()):
+            opt.enable_fp16()  # before set_valid_places, or the places stay FP32
         opt.set_valid_places(target)
         opt.set_model_type("naive_buffer")
         opt.set_optimize_out(prefix)

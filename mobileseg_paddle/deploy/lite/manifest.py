@@ -9,7 +9,10 @@ manifest.json::
      "input": {"name": "x", "shape": [1, 3, 256, 256], "dtype": "float32", "layout": "NCHW",
                "color": "RGB", "resize": "bilinear",
                "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},   # x = (pixel / 255 - mean) / std
-     "output": {"kind": "logits", "shape": [1, 19, 256, 256], "layout": "NCHW"},
+     "output": {"kind": "logits", "shape": [1, 19, 256, 256], "dtype": "float32",
+                "layout": "NCHW"},        # --output_op none (the default)
+     # or    {"kind": "labels", "shape": [1, 256, 256], "dtype": "int64"}   # --output_op argmax
+     "precision": {"arm": "fp16", "x86": "fp32"},    # --precision (FP16 is ARM only)
      "num_classes": 19,
      "compat_fixes": {"relu6_threshold": 35, ...},
      "source": {"config": "...", "model_path": "..."}}
@@ -25,18 +28,27 @@ from mobileseg_paddle.errors import UserError
 FORMAT = "mobileseg-lite-manifest/1"
 FILENAME = "manifest.json"
 TARGETS = ("arm", "x86")
+OUTPUT_OPS = ("none", "argmax")      # logits, or the label map computed in the graph
+PRECISIONS = ("fp32", "fp16")
+LABEL_DTYPE = "int64"  # what Paddle-Lite-Demo's segmentation demo reads (Lite's arg_max default)
 
 
 def make_manifest(lite_version, models, input_shape, mean, std, num_classes, compat_fixes,
-                  source):
+                  source, output_op="none", precision=None):
     n, c, h, w = input_shape
+    if output_op == "argmax":
+        output = {"kind": "labels", "shape": [n, h, w], "dtype": LABEL_DTYPE}
+    else:
+        output = {"kind": "logits", "shape": [n, num_classes, h, w], "dtype": "float32",
+                  "layout": "NCHW"}
     return {
         "format": FORMAT,
         "lite_version": lite_version,
         "models": dict(models),
         "input": {"name": "x", "shape": [n, c, h, w], "dtype": "float32", "layout": "NCHW",
                   "color": "RGB", "resize": "bilinear", "mean": list(mean), "std": list(std)},
-        "output": {"kind": "logits", "shape": [n, num_classes, h, w], "layout": "NCHW"},
+        "output": output,
+        "precision": dict(precision or {t: "fp32" for t in models}),
         "num_classes": num_classes,
         "compat_fixes": dict(compat_fixes),
         "source": dict(source),
@@ -78,7 +90,26 @@ def read_manifest(directory):
         raise UserError(f"{path}: field 'input.shape' is {shape!r}, expected 4 positive integers")
     for key in ("lite_version", "models", "input.mean", "input.std", "num_classes"):
         _field(manifest, key, path)
+    kind = _field(manifest, "output.kind", path)
+    if kind not in ("logits", "labels"):
+        raise UserError(f"{path}: field 'output.kind' is {kind!r}, expected 'logits' or 'labels'")
     return manifest
+
+
+def labels_of(manifest, output):
+    """The (H, W) uint8 label map of a model's first output, logits or labels as the manifest
+    says."""
+    import numpy as np
+
+    from .pipeline import labels_from_logits
+    if manifest["output"]["kind"] == "logits":
+        return labels_from_logits(output)
+    labels = np.asarray(output)
+    expected = manifest["output"]["shape"]
+    if list(labels.shape) != list(expected) or labels.dtype.kind not in "iu":
+        raise UserError(f"model output {labels.dtype}{list(labels.shape)}: the manifest says "
+                        f"integer labels of shape {expected}")
+    return labels[0].astype(np.uint8)
 
 
 def model_file(manifest, directory, target):

@@ -46,12 +46,12 @@ def benchmark_nb(model_dir, threads=1, warmup=10, repeats=50, runtime=None):
 def segment(model_dir, image_path, out_dir, runtime=None):
     """Segment one image with the x86 model; write ``<stem>_mask.png`` and ``<stem>_overlay.png``
     at the image's size as the demo does; return their paths."""
-    from .pipeline import labels_from_logits, preprocess, save_results
+    from .pipeline import preprocess, save_results
     manifest, _ = _checked_model(model_dir)
     if not os.path.isfile(image_path):
         raise UserError(f"{image_path}: no such image file")
     _, _, h, w = manifest["input"]["shape"]
     x = preprocess(image_path, h, w, manifest["input"]["mean"], manifest["input"]["std"])
-    logits = run_nb(model_dir, x, runtime)[0]
+    labels = mf.labels_of(manifest, run_nb(model_dir, x, runtime)[0])
     stem = os.path.splitext(os.path.basename(image_path))[0]
-    return save_results(image_path, labels_from_logits(logits), out_dir, stem)
+    return save_results(image_path, labels, out_dir, stem)

@@ -1,7 +1,8 @@
 // Test double of Paddle Lite's light API (the subset deploy/lite/android/src/main.cc uses, with
 // the same names and signatures as Lite's lite/api/paddle_api.h), so the Android demo builds and
-// runs on the host in tests/test_lite_cpp.py. Not Paddle Lite: the "model" file is a text line
-// "STUB classes=N" and Run() writes logits whose argmax is vertical stripes of classes 0..N-1.
+// runs on the host in tests/deploy/lite/test_lite_cpp.py. Not Paddle Lite: the "model" file is a
+// text line "STUB classes=N" and Run() writes logits whose argmax is vertical stripes of classes
+// 0..N-1 ("STUB classes=N labels": those stripes as an int64 label map, as --output_op argmax).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,8 @@ namespace paddle {
 namespace lite_api {
 
 using shape_t = std::vector<int64_t>;
+
+enum class PrecisionType : int { kUnk = 0, kFloat = 1, kInt32 = 3, kInt64 = 7 };
 
 enum PowerMode {
   LITE_POWER_HIGH = 0,
@@ -32,6 +35,7 @@ struct Tensor {
   template <typename T>
   T* mutable_data() const;
   shape_t shape() const;
+  PrecisionType precision() const;
 
  private:
   void* raw_tensor_;
@@ -69,6 +73,10 @@ class MobileConfig : public ConfigBase {
 
 template <>
 const float* Tensor::data<float>() const;
+template <>
+const int64_t* Tensor::data<int64_t>() const;
+template <>
+const int32_t* Tensor::data<int32_t>() const;
 template <>
 float* Tensor::mutable_data<float>() const;
 

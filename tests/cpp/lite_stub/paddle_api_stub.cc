@@ -12,17 +12,24 @@ namespace {
 struct Buffer {
   shape_t shape;
   std::vector<float> data;
+  std::vector<int64_t> labels;  // used instead of data when the model outputs labels
 };
 
 class StubPredictor : public PaddlePredictor {
  public:
-  explicit StubPredictor(int classes) : classes_(classes) {}
+  StubPredictor(int classes, bool labels) : classes_(classes), labels_(labels) {}
   std::unique_ptr<Tensor> GetInput(int) override { return std::unique_ptr<Tensor>(new Tensor(&in_)); }
   std::unique_ptr<const Tensor> GetOutput(int) const override {
     return std::unique_ptr<const Tensor>(new Tensor(static_cast<const void*>(&out_)));
   }
   void Run() override {
     const int64_t h = in_.shape.at(2), w = in_.shape.at(3);
+    if (labels_) {
+      out_.shape = {1, h, w};
+      out_.labels.resize(static_cast<size_t>(h * w));
+      for (int64_t p = 0; p < h * w; ++p) out_.labels[static_cast<size_t>(p)] = p % w * classes_ / w;
+      return;
+    }
     out_.shape = {1, classes_, h, w};
     out_.data.assign(static_cast<size_t>(classes_ * h * w), 0.f);
     for (int64_t y = 0; y < h; ++y) {
@@ -39,6 +46,7 @@ class StubPredictor : public PaddlePredictor {
 
  private:
   int classes_;
+  bool labels_;
   Buffer in_;
   mutable Buffer out_;
 };
@@ -62,6 +70,21 @@ const float* Tensor::data<float>() const {
 }
 
 template <>
+const int64_t* Tensor::data<int64_t>() const {
+  return static_cast<Buffer*>(raw_tensor_)->labels.data();
+}
+
+template <>
+const int32_t* Tensor::data<int32_t>() const {
+  throw std::runtime_error("the stub writes no int32 output");
+}
+
+PrecisionType Tensor::precision() const {
+  return static_cast<Buffer*>(raw_tensor_)->labels.empty() ? PrecisionType::kFloat
+                                                           : PrecisionType::kInt64;
+}
+
+template <>
 float* Tensor::mutable_data<float>() const {
   return static_cast<Buffer*>(raw_tensor_)->data.data();
 }
@@ -77,7 +100,8 @@ std::shared_ptr<PaddlePredictor> CreatePaddlePredictor<MobileConfig>(const Mobil
     return nullptr;
   }
   classes = std::atoi(tag.c_str() + 8);
-  return std::make_shared<StubPredictor>(classes);
+  const bool labels = (f >> tag) && tag == "labels";
+  return std::make_shared<StubPredictor>(classes, labels);
 }
 
 }  // namespace lite_api

@@ -43,11 +43,11 @@ def _image(path, h, w, seed):
     return str(path)
 
 
-def _model_dir(path, h, w, num_classes=19, lite_version=LITE_VERSION):
+def _model_dir(path, h, w, num_classes=19, lite_version=LITE_VERSION, output_op="none"):
     path.mkdir(parents=True, exist_ok=True)
     (path / "model_arm.nb").write_bytes(b"not loaded by the host tool")
     manifest = mf.make_manifest(lite_version, {"arm": "model_arm.nb"}, [1, 3, h, w], MEAN, STD,
-                                num_classes, {}, {})
+                                num_classes, {}, {}, output_op=output_op)
     mf.write_manifest(manifest, str(path))
     return str(path)
 
@@ -92,7 +92,7 @@ def test_labels_mask_and_overlay_match_python(demo_host, tmp_path):
     logits = rng.integers(0, 4, (1, classes, h, w)).astype(np.float32)
     np.save(tmp_path / "logits.npy", logits)
     code, _, err = _run([*demo_host, "--model_dir", model_dir, "--image", image,
-                         "--lite_version", LITE_VERSION, "--logits", tmp_path / "logits.npy",
+                         "--lite_version", LITE_VERSION, "--output", tmp_path / "logits.npy",
                          "--out_dir", tmp_path / "out", "--dump_labels", tmp_path / "labels.npy"])
     assert code == 0, err
     expected_labels = labels_from_logits(logits)
@@ -107,6 +107,27 @@ def test_labels_mask_and_overlay_match_python(demo_host, tmp_path):
     np.testing.assert_array_equal(colors, palette.color_map(256))
     got_overlay = cv2.imread(str(tmp_path / "out" / "street_overlay.png"))
     np.testing.assert_array_equal(got_overlay, overlay)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32"])
+def test_label_output_gives_the_same_pictures(demo_host, tmp_path, dtype):
+    """A model converted with --output_op argmax: the graph's label map is drawn as is."""
+    h, w, classes = 48, 40, 7
+    image = _image(tmp_path / "street.png", 90, 70, seed=4)
+    model_dir = _model_dir(tmp_path / "model", h, w, classes, output_op="argmax")
+    labels = np.random.default_rng(2).integers(0, classes, (1, h, w)).astype(dtype)
+    np.save(tmp_path / "labels_in.npy", labels)
+    if dtype == "int32":  # the manifest says which integer type the graph writes
+        text = open(os.path.join(model_dir, "manifest.json")).read()
+        open(os.path.join(model_dir, "manifest.json"), "w").write(text.replace("int64", "int32"))
+    code, _, err = _run([*demo_host, "--model_dir", model_dir, "--image", image,
+                         "--lite_version", LITE_VERSION, "--output", tmp_path / "labels_in.npy",
+                         "--out_dir", tmp_path / "out", "--dump_labels", tmp_path / "labels.npy"])
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), labels[0].astype(np.uint8))
+    full, overlay = visualize(image, labels[0].astype(np.uint8))
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "out" / "street_mask.png")), full)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "street_overlay.png")), overlay)
 
 
 # --- bad input: one "error:" line naming what is wrong, exit code 1 -----------------------------
@@ -125,6 +146,8 @@ def _bad_cases(tmp_path):
     open(os.path.join(no_field, "manifest.json"), "w").write(text)
     (tmp_path / "not_an_image.png").write_bytes(b"hello")
     np.save(tmp_path / "bad_logits.npy", np.zeros((1, 5, 32, 32), np.float32))
+    labels_dir = _model_dir(tmp_path / "labels", 32, 32, 3, output_op="argmax")
+    np.save(tmp_path / "bad_labels.npy", np.full((1, 32, 32), 3, np.int64))
     base = ["--image", image, "--lite_version", LITE_VERSION]
     return {
         "missing model": (["--model_dir", tmp_path / "nowhere", *base], "manifest.json"),
@@ -140,8 +163,14 @@ def _bad_cases(tmp_path):
         "no x86 model": (["--model_dir", good, *base, "--target", "x86"], "'x86'"),
         "corrupt manifest": (["--model_dir", broken, *base], "not valid JSON"),
         "missing field": (["--model_dir", no_field, *base], "'num_classes'"),
-        "wrong logits": (["--model_dir", good, *base, "--logits", tmp_path / "bad_logits.npy",
+        "wrong logits": (["--model_dir", good, *base, "--output", tmp_path / "bad_logits.npy",
                           "--out_dir", tmp_path / "o"], "[1, 5, 32, 32]"),
+        "logits for a label model": (["--model_dir", labels_dir, *base, "--output",
+                                      tmp_path / "bad_logits.npy", "--out_dir", tmp_path / "o"],
+                                     "expected int64[1, 32, 32]"),
+        "label out of range": (["--model_dir", labels_dir, *base, "--output",
+                                tmp_path / "bad_labels.npy", "--out_dir", tmp_path / "o"],
+                               "label 3 at pixel 0"),
         "unknown option": (["--model_dir", good, *base, "--thread", "1"], "--thread"),
     }
 
@@ -181,16 +210,17 @@ def stub_lite_lib(stub_demo):
                         "libpaddle_light_api_shared.so")
 
 
-def _stub_model_dir(path, h, w, classes):
-    model_dir = _model_dir(path, h, w, classes)
+def _stub_model_dir(path, h, w, classes, output_op="none"):
+    model_dir = _model_dir(path, h, w, classes, output_op=output_op)
     with open(os.path.join(model_dir, "model_arm.nb"), "w") as f:
-        f.write(f"STUB classes={classes}\n")
+        f.write(f"STUB classes={classes}{' labels' if output_op == 'argmax' else ''}\n")
     return model_dir
 
 
-def test_android_demo_runs_and_reports_latency(stub_demo, tmp_path):
+@pytest.mark.parametrize("output_op", ["none", "argmax"])
+def test_android_demo_runs_and_reports_latency(stub_demo, tmp_path, output_op):
     image = _image(tmp_path / "road.png", 60, 100, seed=5)
-    model_dir = _stub_model_dir(tmp_path / "model", 32, 40, classes=4)
+    model_dir = _stub_model_dir(tmp_path / "model", 32, 40, classes=4, output_op=output_op)
     code, out, err = _run([stub_demo, "--model_dir", model_dir, "--image", image, "--out_dir",
                            tmp_path / "out", "--warmup", "2", "--repeats", "5",
                            "--power_mode", "low", "--input_size", "32x40"])

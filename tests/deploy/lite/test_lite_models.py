@@ -80,7 +80,8 @@ def test_manifest_describes_the_model(converted):
     assert manifest["input"]["mean"] == [0.5, 0.5, 0.5]
     assert manifest["input"]["std"] == [0.5, 0.5, 0.5]
     assert manifest["output"] == {"kind": "logits", "shape": [1, 19, 256, 256],
-                                  "layout": "NCHW"}
+                                  "dtype": "float32", "layout": "NCHW"}
+    assert manifest["precision"] == {"arm": "fp32", "x86": "fp32"}
     assert manifest["num_classes"] == 19
     # GhostNet is the only model with a flatten; none of the five uses relu6 except MobileNetV2
     fixes = manifest["compat_fixes"]
@@ -88,6 +89,21 @@ def test_manifest_describes_the_model(converted):
     assert (fixes["relu6_threshold"] > 0) == (converted["name"] == "mobilenetv2")
     leftovers = [n for n in os.listdir(os.path.dirname(converted["dir"])) if "partial" in n]
     assert leftovers == []
+
+
+def test_argmax_output_is_the_label_map_of_the_logits(converted):
+    """--output_op argmax: an int64 (1, H, W) label map in the graph (Paddle-Lite-Demo's
+    segmentation demo reads that), equal to the argmax of the logits model's output."""
+    save_dir = str(converted["work"] / "lite_argmax")
+    manifest = convert(config_path(converted["name"]), converted["weights"], save_dir, SHAPE,
+                       "x86", runtime=converted["runtime"], log=lambda message: None,
+                       output_op="argmax")
+    assert manifest["output"] == {"kind": "labels", "shape": [1, 256, 256], "dtype": "int64"}
+    labels = run_nb(save_dir, converted["x"], runtime=converted["runtime"])
+    logits = run_nb(converted["dir"], converted["x"], runtime=converted["runtime"])[0]
+    assert len(labels) == 1 and labels[0].dtype == np.int64 and labels[0].shape == (1, 256, 256)
+    np.testing.assert_array_equal(labels[0][0], np.argmax(logits[0], axis=0))
+    assert len(np.unique(labels[0])) > 1  # a real label map, not a constant
 
 
 # --- in this process or in a fresh one -------------------------------------------------------

@@ -4,10 +4,11 @@
 //       [--power_mode high|low|full|no_bind|rand_high|rand_low] [--warmup 10] [--repeats 50]
 //       [--input_size HxW]
 //
-// DIR holds manifest.json and model_arm.nb written by `python -m deploy.lite`. The demo checks
+// DIR holds manifest.json and model_arm.nb written by `mobileseg lite`. The demo checks
 // the manifest (Lite version, input size), reads and preprocesses the image as the manifest says,
 // runs the model warmup + repeats times, reports the average latency of the repeats, then writes
-// <image stem>_mask.png and <image stem>_overlay.png into --out_dir.
+// <image stem>_mask.png and <image stem>_overlay.png into --out_dir. The model's output is float32
+// logits or, converted with --output_op argmax, an int64/int32 label map (the manifest says which).
 // Bad input: one line "error: ..." on stderr and exit code 1.
 #include <algorithm>
 #include <chrono>
@@ -44,6 +45,23 @@ PowerMode ParsePowerMode(const std::string& name) {
                            ": expected high, low, full, no_bind, rand_high or rand_low");
   }
   return it->second;
+}
+
+// The label map of the output tensor, of whichever element type Lite reports.
+std::vector<uint8_t> Labels(const mobileseg::Manifest& m, const paddle::lite_api::Tensor& out) {
+  using paddle::lite_api::PrecisionType;
+  switch (out.precision()) {
+    case PrecisionType::kFloat:
+      return mobileseg::OutputLabels(m, out.data<float>(), "float32", out.shape());
+    case PrecisionType::kInt64:
+      return mobileseg::OutputLabels(m, out.data<int64_t>(), "int64", out.shape());
+    case PrecisionType::kInt32:
+      return mobileseg::OutputLabels(m, out.data<int32_t>(), "int32", out.shape());
+    default:
+      throw mobileseg::Error("model output of Lite precision " +
+                             std::to_string(static_cast<int>(out.precision())) +
+                             ": expected float32 logits or int64/int32 labels");
+  }
 }
 
 double Milliseconds(std::chrono::steady_clock::duration d) {
@@ -97,11 +115,10 @@ int Run(int argc, char** argv) {
   const double avg = total / times.size();
 
   std::unique_ptr<const paddle::lite_api::Tensor> output = predictor->GetOutput(0);
-  const std::vector<int64_t> out_shape = output->shape();
   const std::string out_dir = Flag(flags, "out_dir", ".");
   const std::string stem = Stem(Flag(flags, "image"));
   const auto t_post = std::chrono::steady_clock::now();
-  WriteResults(p, output->data<float>(), out_shape, out_dir, stem);
+  WriteResults(p, Labels(p.manifest, *output), out_dir, stem);
   const double post_ms = Milliseconds(std::chrono::steady_clock::now() - t_post);
 
   std::printf("model: %s (Paddle Lite %s)\n", p.model_path.c_str(),

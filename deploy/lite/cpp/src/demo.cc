@@ -88,23 +88,52 @@ Prepared Prepare(const std::string& model_dir, const std::string& target,
   return p;
 }
 
-std::vector<uint8_t> WriteResults(const Prepared& p, const float* logits,
-                                  const std::vector<int64_t>& logits_shape,
-                                  const std::string& out_dir, const std::string& stem) {
-  const Manifest& m = p.manifest;
-  const std::vector<int64_t> expected = {1, m.num_classes, m.input_shape[2], m.input_shape[3]};
-  if (logits_shape != expected) {
-    std::string got;
-    for (int64_t d : logits_shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
-    throw Error("model output of shape [" + got + "], expected [1, " +
-                std::to_string(m.num_classes) + ", " + std::to_string(m.input_shape[2]) + ", " +
-                std::to_string(m.input_shape[3]) + "] (" + m.path + ")");
+namespace {
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string text;
+  for (int64_t d : shape) text += (text.empty() ? "" : ", ") + std::to_string(d);
+  return "[" + text + "]";
+}
+
+template <typename T>
+std::vector<uint8_t> CheckedLabels(const T* data, size_t n, int num_classes,
+                                   const std::string& where) {
+  std::vector<uint8_t> labels(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (data[i] < 0 || data[i] >= num_classes) {
+      throw Error("model output label " + std::to_string(data[i]) + " at pixel " +
+                  std::to_string(i) + " is not a class of " + where + " (num_classes " +
+                  std::to_string(num_classes) + ")");
+    }
+    labels[i] = static_cast<uint8_t>(data[i]);
   }
+  return labels;
+}
+
+}  // namespace
+
+std::vector<uint8_t> OutputLabels(const Manifest& m, const void* data, const std::string& dtype,
+                                  const std::vector<int64_t>& shape) {
   const int h = m.input_shape[2], w = m.input_shape[3];
-  const std::vector<uint8_t> labels = Argmax(logits, m.num_classes, h, w);
+  const bool logits = m.output_kind == "logits";
+  const std::vector<int64_t> expected =
+      logits ? std::vector<int64_t>{1, m.num_classes, h, w} : std::vector<int64_t>{1, h, w};
+  if (dtype != m.output_dtype || shape != expected) {
+    throw Error("model output " + dtype + ShapeText(shape) + ", expected " + m.output_dtype +
+                ShapeText(expected) + " (output in " + m.path + ")");
+  }
+  if (logits) return Argmax(static_cast<const float*>(data), m.num_classes, h, w);
+  const size_t n = static_cast<size_t>(h) * w;
+  if (dtype == "int64") return CheckedLabels(static_cast<const int64_t*>(data), n, m.num_classes, m.path);
+  return CheckedLabels(static_cast<const int32_t*>(data), n, m.num_classes, m.path);
+}
+
+void WriteResults(const Prepared& p, const std::vector<uint8_t>& labels,
+                  const std::string& out_dir, const std::string& stem) {
+  const int h = p.manifest.input_shape[2], w = p.manifest.input_shape[3];
   WriteLabelImages(p.image, ResizeNearest(labels, h, w, p.image.height, p.image.width), out_dir,
                    stem);
-  return labels;
 }
 
 void WriteLabelImages(const Image& rgb, const std::vector<uint8_t>& labels,

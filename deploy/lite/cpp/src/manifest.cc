@@ -193,7 +193,7 @@ std::string Dirname(const std::string& path) {
 
 Manifest LoadManifest(const std::string& path) {
   std::ifstream f(path);
-  if (!f) throw Error(path + ": no such manifest file (convert the model with python -m deploy.lite)");
+  if (!f) throw Error(path + ": no such manifest file (convert the model with `mobileseg lite`)");
   std::stringstream buffer;
   buffer << f.rdbuf();
   const std::string text = buffer.str();
@@ -235,8 +235,17 @@ Manifest LoadManifest(const std::string& path) {
   }
   m.num_classes = static_cast<int>(classes);
   m.output_kind = Field(root, "output.kind", Json::kString, path, "a string").string;
-  if (m.output_kind != "logits") {
-    throw Error(path + ": field 'output.kind' is '" + m.output_kind + "', expected 'logits'");
+  if (m.output_kind == "logits") {
+    m.output_dtype = "float32";
+  } else if (m.output_kind == "labels") {  // --output_op argmax: the label map is in the graph
+    m.output_dtype = Field(root, "output.dtype", Json::kString, path, "a string").string;
+    if (m.output_dtype != "int64" && m.output_dtype != "int32") {
+      throw Error(path + ": field 'output.dtype' is '" + m.output_dtype +
+                  "', expected 'int64' or 'int32'");
+    }
+  } else {
+    throw Error(path + ": field 'output.kind' is '" + m.output_kind +
+                "', expected 'logits' or 'labels'");
   }
   return m;
 }

@@ -1,4 +1,4 @@
-// .npy version 1.0 reader/writer for the two dtypes the demo tools exchange with Python.
+// .npy version 1.0 reader/writer for the dtypes the demo tools exchange with Python.
 #include <fstream>
 #include <sstream>
 
@@ -10,6 +10,8 @@ namespace {
 size_t ItemSize(const std::string& dtype) {
   if (dtype == "<f4") return 4;
   if (dtype == "|u1") return 1;
+  if (dtype == "<i8") return 8;  // labels of a model converted with --output_op argmax
+  if (dtype == "<i4") return 4;
   return 0;
 }
 
@@ -52,7 +54,7 @@ NpyArray ReadNpy(const std::string& path) {
   NpyArray a;
   const std::string descr = HeaderValue(header, "descr");
   a.dtype = descr.size() >= 2 ? descr.substr(1, descr.size() - 2) : "";
-  if (ItemSize(a.dtype) == 0) throw Error(path + ": dtype " + descr + " (expected <f4 or |u1)");
+  if (ItemSize(a.dtype) == 0) throw Error(path + ": dtype " + descr + " (expected <f4, <i8, <i4 or |u1)");
   if (HeaderValue(header, "fortran_order") != "False") {
     throw Error(path + ": Fortran-ordered arrays are not supported");
   }

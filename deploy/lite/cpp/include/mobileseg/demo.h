@@ -37,11 +37,16 @@ Prepared Prepare(const std::string& model_dir, const std::string& target,
 // "HxW" -> (h, w); "" -> (0, 0). Error for anything else.
 void ParseSize(const std::string& text, int* h, int* w);
 
-// Argmax of the logits (checked against 1 x num_classes x H x W), nearest resize to the image's
-// size, then WriteLabelImages. Returns the label map at model resolution.
-std::vector<uint8_t> WriteResults(const Prepared& p, const float* logits,
-                                  const std::vector<int64_t>& logits_shape,
-                                  const std::string& out_dir, const std::string& stem);
+// The label map at model resolution from the model's output, as the manifest's output.kind
+// says: the argmax of float32 logits (1 x num_classes x H x W), or the graph's own labels
+// (1 x H x W, int64 or int32: --output_op argmax). `dtype` names the buffer's element type
+// ("float32", "int64", "int32"); a shape, type or label the manifest does not allow throws Error.
+std::vector<uint8_t> OutputLabels(const Manifest& m, const void* data, const std::string& dtype,
+                                  const std::vector<int64_t>& shape);
+
+// Nearest resize of the model-resolution `labels` to the image's size, then WriteLabelImages.
+void WriteResults(const Prepared& p, const std::vector<uint8_t>& labels,
+                  const std::string& out_dir, const std::string& stem);
 
 // The demo's pictures of a label map at the image's size: out_dir/<stem>_mask.png (palette PNG
 // of paddleseg's colours) and out_dir/<stem>_overlay.png (Overlay with the image's share

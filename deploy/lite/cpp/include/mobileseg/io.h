@@ -20,7 +20,7 @@ void WritePngPalette(const std::string& path, const std::vector<uint8_t>& labels
 // A little-endian C-order .npy array of float32 ('<f4') or uint8 ('|u1').
 struct NpyArray {
   std::vector<int64_t> shape;
-  std::string dtype;            // "<f4" or "|u1"
+  std::string dtype;            // "<f4", "<i8", "<i4" or "|u1"
   std::vector<uint8_t> bytes;   // raw data
   size_t size() const;          // number of elements
 };

@@ -1,4 +1,5 @@
-// manifest.json written beside the .nb files by `python -m deploy.lite` (deploy/lite/manifest.py).
+// manifest.json written beside the .nb files by `mobileseg lite`
+// (mobileseg_paddle/deploy/lite/manifest.py).
 #pragma once
 
 #include <map>
@@ -15,7 +16,9 @@ struct Manifest {
   double mean[3] = {0.5, 0.5, 0.5};
   double std[3] = {0.5, 0.5, 0.5};
   int num_classes = 0;
-  std::string output_kind;                   // "logits": (N, num_classes, H, W)
+  std::string output_kind;                   // "logits": (N, num_classes, H, W) float32;
+                                             // "labels": (N, H, W) of output_dtype
+  std::string output_dtype;                  // "float32", "int64" or "int32"
 };
 
 // Parse and check the fields (format, shapes, counts). Throws Error naming file and field.
