@@ -33,6 +33,11 @@ says ``0.0.0.dev0``). ``needed()`` answers for every fix, ``applied()`` says whi
    waits forever; with workers the main thread gets "Blocking queue is killed" without the
    cause. The loader threads now keep the exception and ``__next__`` raises it. This one is
    Paddle's, not paddleseg's: its probe only checks that the loader has the methods wrapped.
+7. ``CrossEntropyLoss`` (paddleseg's plain loss, the one most configs name) divides by
+   ``mean(mask * coef)`` with a float32 mask and int64 class coefficients, which Paddle 3 does
+   not promote: every training step fails with a TypeError. The replacement computes the same
+   value with the coefficients in the mask's type. Probe: the installed loss, called on a
+   two-pixel input, raises that TypeError (develop casts, and works).
 """
 
 import dis
@@ -258,6 +263,37 @@ def _raise_thread_error(next_batch):
     return __next__
 
 
+# --- 7. paddleseg's CrossEntropyLoss -------------------------------------------------------------
+
+def _cross_entropy_post_process(self, logit, label, semantic_weights, loss):
+    """2.8.0's ``CrossEntropyLoss._post_process_loss`` with the class coefficients in the
+    mask's float type (Paddle 3 rejects float32 * int64)."""
+    import paddle.nn.functional as F
+    if self.avg_non_ignore:
+        mask = paddle.cast(label != self.ignore_index, dtype="float32")
+    else:
+        mask = paddle.ones(label.shape, dtype="float32")
+    mask.stop_gradient = True
+    label.stop_gradient = True
+    if loss.ndim > mask.ndim:
+        loss = paddle.squeeze(loss, axis=-1)
+    loss = loss * mask
+    if semantic_weights is not None:
+        loss = loss * semantic_weights
+    if self.weight is not None:
+        one_hot = F.one_hot(label * mask.astype(label.dtype), logit.shape[-1])
+        coef = paddle.sum(one_hot * self.weight, axis=-1).astype(mask.dtype)
+    else:
+        coef = paddle.ones_like(mask)
+    if self.top_k_percent_pixels == 1.0:
+        return paddle.mean(loss) / (paddle.mean(mask * coef) + self.EPS)
+    loss = loss.reshape((-1,))
+    loss, indices = paddle.topk(loss, int(self.top_k_percent_pixels * loss.numel()))
+    coef = paddle.gather(coef.reshape((-1,)), indices)
+    coef.stop_gradient = True
+    return loss.mean() / (paddle.mean(coef) + self.EPS)
+
+
 # --- which fixes the installed paddleseg needs ---------------------------------------------------
 
 def _code_names(func):
@@ -325,8 +361,24 @@ def _needs_loader():
                for name in ("_thread_loop", "__next__", "_exit_thread_unexpectedly"))
 
 
+# 7. run it: 2.8.0's fails on float32 * int64, develop's casts
+def _needs_cross_entropy():
+    from paddleseg.models.losses import CrossEntropyLoss
+    original = _ORIGINAL.get((CrossEntropyLoss, "_post_process_loss"),
+                             CrossEntropyLoss._post_process_loss)
+    loss = CrossEntropyLoss()
+    logit = paddle.zeros([1, 2, 1, 2])
+    label = paddle.zeros([1, 1, 2], dtype="int64")
+    try:
+        original(loss, logit, label, None, paddle.ones([1, 1, 2]))
+    except TypeError:  # "Type promotion only support calculations between floating-point ..."
+        return True
+    return False
+
+
 PROBES = {"losses": _needs_losses, "metrics": _needs_metrics, "evaluate": _needs_evaluate,
-          "checkpoints": _needs_checkpoints, "resume": _needs_resume, "loader": _needs_loader}
+          "checkpoints": _needs_checkpoints, "resume": _needs_resume, "loader": _needs_loader,
+          "cross_entropy": _needs_cross_entropy}
 
 
 def needed():
@@ -336,7 +388,7 @@ def needed():
 
 # --- applying ----------------------------------------------------------------------------------
 
-FIXES = ("losses", "metrics", "evaluate", "checkpoints", "resume", "loader")
+FIXES = ("losses", "metrics", "evaluate", "checkpoints", "resume", "loader", "cross_entropy")
 _ORIGINAL = {}  # (owner, attribute) -> the value before apply()
 
 
@@ -344,9 +396,12 @@ def _patch_table():
     """(fix, owner, attribute, make_replacement(original)) for every name we swap."""
     import paddleseg.core.train  # noqa: F401  (make sure the module is loaded)
     from paddle.io.dataloader import dataloader_iter as di
+    from paddleseg.models.losses import CrossEntropyLoss
     from paddleseg.utils import metrics
     train_module = _train_module()
-    table = [("losses", train_module, "loss_computation", _losses_as_1d),
+    table = [("cross_entropy", CrossEntropyLoss, "_post_process_loss",
+              lambda _: _cross_entropy_post_process),
+             ("losses", train_module, "loss_computation", _losses_as_1d),
              ("metrics", metrics, "calculate_area", lambda _: calculate_area),
              ("evaluate", train_module, "evaluate", _guarded),
              ("checkpoints", train_module, "paddle", lambda _: _PaddleForTrainer()),

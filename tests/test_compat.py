@@ -47,8 +47,10 @@ def _areas(pred, label, n=3, **kw):
         paddle.to_tensor(pred), paddle.to_tensor(label), n, ignore_index=255, **kw)]
 
 
-# which fixes each vendored paddleseg needs: develop carries its own for losses and metrics
-NEEDED = {"v2.8.0": set(compat.FIXES), "develop": set(compat.FIXES) - {"losses", "metrics"}}
+# which fixes each vendored paddleseg needs: develop carries its own for losses, metrics and
+# CrossEntropyLoss
+NEEDED = {"v2.8.0": set(compat.FIXES),
+          "develop": set(compat.FIXES) - {"losses", "metrics", "cross_entropy"}}
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,46 @@ def test_zero_d_losses_unpatched(tmp_path, data, unpatch, source):
             _train_with_zero_d_losses(tmp_path, data)
     else:
         _train_with_zero_d_losses(tmp_path, data)
+
+
+def _cross_entropy(label, weight=None, top_k=1.0, avg_non_ignore=True):
+    from paddleseg.models.losses import CrossEntropyLoss
+    logit = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 3, 4, 5)), "float32")
+    loss = CrossEntropyLoss(weight=weight, top_k_percent_pixels=top_k,
+                            avg_non_ignore=avg_non_ignore)
+    return float(loss(logit, paddle.to_tensor(label))), logit.numpy()
+
+
+@pytest.mark.parametrize("weight, top_k, avg_non_ignore", [
+    (None, 1.0, True), (None, 1.0, False), ([1.0, 2.0, 0.5], 1.0, True), (None, 0.3, True)])
+def test_cross_entropy_loss_values(weight, top_k, avg_non_ignore):
+    """paddleseg's CrossEntropyLoss (patched on 2.8.0, its own on develop) against numpy."""
+    label = np.random.default_rng(1).integers(0, 3, (2, 4, 5)).astype("int64")
+    label[0, 0, :3] = 255  # ignored pixels
+    got, logit = _cross_entropy(label, weight, top_k, avg_non_ignore)
+    shifted = logit - logit.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    valid = label != 255
+    safe = np.where(valid, label, 0)
+    w = np.ones(3) if weight is None else np.asarray(weight)
+    nll = -np.take_along_axis(logp, safe[:, None], axis=1)[:, 0] * w[safe] * valid
+    mask = valid if avg_non_ignore else np.ones_like(valid)
+    if top_k == 1.0:
+        expected = nll.mean() / ((mask * (w[safe] if weight is not None else 1)).mean() + 1e-8)
+    else:
+        k = int(top_k * nll.size)
+        expected = np.sort(nll.ravel())[::-1][:k].mean() / (1 + 1e-8)
+    assert abs(got - expected) <= 1e-5 * abs(expected)
+
+
+def test_cross_entropy_loss_unpatched(unpatch, source):
+    unpatch("cross_entropy")
+    label = np.zeros((2, 4, 5), "int64")
+    if source == "v2.8.0":
+        with pytest.raises(TypeError, match="promotion"):
+            _cross_entropy(label)
+    else:
+        assert _cross_entropy(label)[0] > 0
 
 
 def test_train_evaluates_then_val(tmp_path, data, capsys):
