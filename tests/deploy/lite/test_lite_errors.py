@@ -19,6 +19,7 @@ from helpers import ROOT
 from helpers.lite import require_lite_runtime
 from mobileseg_paddle import resources
 from mobileseg_paddle.deploy.export import save_paddle_programs
+from mobileseg_paddle.deploy.lite import manifest as mf
 from mobileseg_paddle.deploy.lite.convert import check_ops
 from mobileseg_paddle.deploy.lite.lite_env import LiteRuntime
 from mobileseg_paddle.deploy.lite.predict import run_nb
@@ -203,3 +204,150 @@ def test_arm_only_model_cannot_run_on_the_host(small_model, tmp_path):
     manifest["models"] = {"arm": "model_arm.nb"}
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     assert_one_error(cli("bench", "--model_dir", model_dir), "--valid_targets x86")
+
+
+# --- a hostile manifest.json: one error naming the file and the field, nothing read outside ---------
+
+def _valid_manifest(output_op="none"):
+    return mf.make_manifest("v2.13-rc", {"x86": "model_x86.nb"}, [1, 3, 64, 64], [0.5] * 3,
+                            [0.5] * 3, 19, {}, {"config": CONFIG, "model_path": None},
+                            output_op=output_op)
+
+
+def _model_dir(tmp_path, manifest=None, text=None):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir(exist_ok=True)
+    (model_dir / "model_x86.nb").write_bytes(b"not read by these tests")
+    text = text if text is not None else json.dumps(manifest or _valid_manifest())
+    (model_dir / "manifest.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    return model_dir
+
+
+def _set(manifest, dotted, value):
+    *parents, key = dotted.split(".")
+    for p in parents:
+        manifest = manifest[p]
+    manifest[key] = value
+
+
+def test_valid_manifests_are_read(tmp_path):
+    for op in mf.OUTPUT_OPS:
+        model_dir = _model_dir(tmp_path, _valid_manifest(op))
+        manifest = mf.read_manifest(str(model_dir))
+        assert mf.model_file(manifest, str(model_dir), "x86") == str(model_dir / "model_x86.nb")
+
+
+@pytest.mark.parametrize("dotted, value", [
+    # 1. num_classes: an int (not bool) in 1..256
+    ("num_classes", 0), ("num_classes", 257), ("num_classes", -3), ("num_classes", 19.5),
+    ("num_classes", True), ("num_classes", "19"), ("num_classes", None), ("num_classes", 10 ** 30),
+    # 2. model file names: plain names inside the folder
+    ("models.x86", "../model_x86.nb"), ("models.x86", "/etc/passwd"), ("models.x86", "sub/m.nb"),
+    ("models.x86", "..\\m.nb"), ("models.x86", ".."), ("models.x86", ""), ("models.x86", 7),
+    ("models.x86", ["model_x86.nb"]), ("models.x86", "m\0.nb"), ("models", []), ("models", {}),
+    # 3. mean / std: 3 finite numbers, std without zeros
+    ("input.mean", [0.5, 0.5]), ("input.mean", [0.5, 0.5, "0.5"]), ("input.mean", [True, 0, 0]),
+    ("input.mean", [0.5, 0.5, float("nan")]), ("input.mean", 0.5), ("input.std", [0.5, 0, 0.5]),
+    ("input.std", [0.5, 0.5, float("inf")]), ("input.std", [0.5, 0.5, 10 ** 400]),
+    ("input.std", [0.5, 0.5, -0.0]), ("input.std", [False, 1, 1]), ("input.std", None),
+    # 4. output.shape consistent with input.shape and num_classes
+    ("output.shape", [1, 2, 64, 64]), ("output.shape", [1, 19, 32, 64]),
+    ("output.shape", [1, 19, 64]), ("output.shape", [True, 19, 64, 64]), ("output.shape", "1x19"),
+    ("output.kind", "probabilities"), ("output.dtype", "uint8"),
+    # the other fields a runner reads
+    ("input.shape", [1, 3, 64, True]), ("input.shape", [2, 3, 64, 64]),
+    ("input.shape", [1, 1, 64, 64]), ("input.shape", [1, 3, 100000, 100000]),
+    ("input.shape", [1, 3, 0, 64]), ("lite_version", 2.13), ("format", "other/1"),
+    ("precision", ["fp16"]), ("precision", {"arm": "int8"}), ("source", "x"),
+    ("source", {"config": 3}),
+])
+def test_bad_manifest_field_is_one_error_naming_it(tmp_path, dotted, value):
+    manifest = _valid_manifest()
+    _set(manifest, dotted, value)
+    model_dir = _model_dir(tmp_path, manifest)
+    with pytest.raises(UserError) as e:
+        mf.model_file(mf.read_manifest(str(model_dir)), str(model_dir), "x86")
+    message = str(e.value)
+    assert message.startswith(str(model_dir / "manifest.json") + ": "), message
+    assert f"field '{dotted}'" in message and "expected" in message, message
+    assert len(message.splitlines()) == 1 and len(message) < 400, message
+
+
+@pytest.mark.parametrize("dotted, value", [
+    ("output.shape", [1, 19, 64, 64]), ("output.shape", [1, 64, 32]), ("num_classes", 0)])
+def test_bad_labels_manifest_field(tmp_path, dotted, value):
+    manifest = _valid_manifest("argmax")
+    _set(manifest, dotted, value)
+    with pytest.raises(UserError, match=f"field '{dotted}'"):
+        mf.read_manifest(str(_model_dir(tmp_path, manifest)))
+
+
+@pytest.mark.parametrize("text", ["", "[]", "null", "{", "\"x\"", "[" * 100000 + "]" * 100000,
+                                  b"\xff\xfe{}"])
+def test_unreadable_manifest_is_one_error(tmp_path, text):
+    model_dir = _model_dir(tmp_path, text=text)
+    with pytest.raises(UserError, match="manifest.json"):
+        mf.read_manifest(str(model_dir))
+
+
+def test_huge_manifest_is_not_loaded(tmp_path):
+    model_dir = _model_dir(tmp_path, text=" " * (mf.MAX_MANIFEST_BYTES + 1) + "{}")
+    with pytest.raises(UserError, match="bytes, not a manifest"):
+        mf.read_manifest(str(model_dir))
+
+
+def test_model_file_checks_names_of_a_manifest_not_read_from_disk(tmp_path):
+    (tmp_path / "secret.nb").write_bytes(b"outside")
+    model_dir = _model_dir(tmp_path)
+    manifest = mf.read_manifest(str(model_dir))
+    for name in ("../secret.nb", str(tmp_path / "secret.nb")):
+        manifest["models"]["x86"] = name
+        with pytest.raises(UserError, match="field 'models.x86'.*plain file name"):
+            mf.model_file(manifest, str(model_dir), "x86")
+
+
+@pytest.mark.parametrize("op, output, ok", [
+    ("none", np.zeros((1, 19, 64, 64), np.float32), True),
+    ("none", np.zeros((1, 2, 64, 64), np.float32), False),     # another model's classes
+    ("none", np.zeros((1, 19, 32, 32), np.float32), False),    # another model's size
+    ("none", np.zeros((19, 64, 64), np.float32), False),
+    ("none", np.zeros((1, 19, 64, 64), np.int64), False),      # labels where logits are said
+    ("argmax", np.zeros((1, 64, 64), np.int64), True),
+    ("argmax", np.zeros((1, 64, 64), np.int32), True),
+    ("argmax", np.zeros((1, 32, 64), np.int64), False),
+    ("argmax", np.zeros((1, 64, 64), np.float32), False),
+])
+def test_labels_of_checks_the_run_output_against_the_manifest(op, output, ok):
+    manifest = _valid_manifest(op)
+    if ok:
+        assert mf.labels_of(manifest, output).shape == (64, 64)
+    else:
+        with pytest.raises(UserError, match=r"output\.shape \[1, (19, )?64, 64\]"):
+            mf.labels_of(manifest, output)
+
+
+def test_cli_segment_with_a_hostile_manifest(small_model, tmp_path):
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), np.zeros((40, 50, 3), np.uint8))
+    model_dir = _copy(small_model, tmp_path)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    for dotted, value in [("models.x86", "../copy/model_x86.nb"), ("num_classes", 1000),
+                          ("input.std", [0, 0, 0]), ("output.shape", [1, 2, 64, 64])]:
+        bad = json.loads(json.dumps(manifest))
+        _set(bad, dotted, value)
+        (model_dir / "manifest.json").write_text(json.dumps(bad))
+        assert_one_error(cli("segment", "--model_dir", model_dir, "--image", image, "--out_dir",
+                             tmp_path / "out"), "manifest.json", f"field '{dotted}'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_segment_output_of_another_shape_than_the_manifest_says(small_model, tmp_path):
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), np.zeros((40, 50, 3), np.uint8))
+    model_dir = _copy(small_model, tmp_path)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["num_classes"], manifest["output"]["shape"] = 2, [1, 2, 64, 64]  # consistent, wrong
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_error(cli("segment", "--model_dir", model_dir, "--image", image, "--out_dir",
+                         tmp_path / "out"), "float32[1, 19, 64, 64]", "output.shape [1, 2, 64, 64]")
+    assert not (tmp_path / "out").exists()
