@@ -13,7 +13,21 @@ Rewrites (``prepare_for_deploy``; each checked against dygraph in tests/deploy/t
   - onnx: the matrix-product form (``MobileContextModule.pool_by_matmul``): paddle2onnx refuses
     adaptive pooling on dynamic shapes and on static ones writes an AveragePool that is right
     only when the feature size is a multiple of the bin count;
-  - lite: unchanged (a fixed input size; Lite has adaptive ``pool2d`` kernels, not ``pool3d``).
+  - lite: adaptive ``pool2d`` (a fixed input size; Lite has no ``pool3d``), except where the
+    feature map already has the bin count's size: there the pooling is the identity and is left
+    out (``AdaptiveAvgPoolLite``). Lite 2.13's ARM kernel takes an adaptive pooling whose size
+    equals its input for a global one and leaves all but one value per channel unset (wrong
+    numbers, even NaN, on the phone at 128x128 input, where the context module's 4 bins meet a
+    4x4 map; its x86 kernel is right).
+- lite: convs as Lite's ARM kernels need them (``ConvLite``): a bias without a BatchNorm after
+  it as Paddle 2.x wrote it (Lite folds it into the conv); squeeze-excitation convs widened
+  with zero weights around an FP16 kernel's over-read.
+- lite: Lite-HRNet's cross-resolution weighting concatenates its lowest branch through an
+  identity pooling (``CrossResolutionWeighting.copy_last``). In an FP16 ARM program that branch
+  is FP32 (the output of Lite's FP32 ``split``) while the pooled ones are FP16; Lite 2.13's ARM
+  ``concat`` then converts the FP32 input to FP16 in place, and the multiplication that reads
+  the same tensor afterwards gets FP16 bytes as FP32 (wrong numbers, then a segfault). Through
+  the pooling, concat gets a copy of its own.
 
 ``DeployModel`` is the exported network: an ordinary top-level layer (as PaddleSeg's
 ``WrappedModel``) that returns the main logit followed by ``output_op``.
@@ -59,6 +73,14 @@ def prepare_for_deploy(model, target="paddle"):
             for name, sub in list(layer._sub_layers.items()):
                 if isinstance(sub, nn.AdaptiveAvgPool2D) and _binned(sub):
                     layer._sub_layers[name] = AdaptiveAvgPoolAs3D(sub._output_size)
+        if target == "lite":
+            if hasattr(layer, "copy_last"):  # CrossResolutionWeighting
+                layer.copy_last = True
+            for name, sub in list(layer._sub_layers.items()):
+                if isinstance(sub, nn.AdaptiveAvgPool2D) and sub._data_format == "NCHW":
+                    layer._sub_layers[name] = AdaptiveAvgPoolLite(sub._output_size)
+                elif isinstance(sub, nn.Conv2D) and sub._data_format == "NCHW":
+                    layer._sub_layers[name] = ConvLite(sub)
     return model
 
 
@@ -80,6 +102,63 @@ class AdaptiveAvgPoolAs3D(nn.Layer):
 
     def forward(self, x):
         return F.adaptive_avg_pool3d(x.unsqueeze(2), self.sizes).squeeze(2)
+
+
+class AdaptiveAvgPoolLite(nn.Layer):
+    """``nn.AdaptiveAvgPool2D(output_size)``, left out where the input already has that size
+    (known while tracing a fixed-size Lite program): the same numbers, without the op Lite's ARM
+    kernel gets wrong in that case."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        sizes = output_size if isinstance(output_size, (list, tuple)) else [output_size] * 2
+        self.sizes = list(sizes)
+
+    def forward(self, x):
+        if list(x.shape[2:]) == self.sizes:
+            return x
+        return F.adaptive_avg_pool2d(x, self.sizes)
+
+
+class ConvLite(nn.Layer):
+    """An NCHW ``nn.Conv2D`` written for Lite's ARM kernels, same numbers:
+
+    - its bias, in a legacy program, is one ``elementwise_add`` of the 1-D bias with axis=1 (what
+      Paddle 2.x wrote; Lite folds it into the conv) instead of Paddle 3's reshape2 +
+      elementwise_add, which Lite runs as separate ops;
+    - a 1x1 conv on a 1x1 map (squeeze-excitation) whose input channels are not a multiple of
+      16 gets its input repeated and its weights zero-padded to a multiple of 16 input channels.
+      Lite 2.13's FP16 ``gemv`` reads each weight row 16 values at a time, so its last rows read
+      past the end of the weights, and 0 times what lies there is NaN when that is NaN (whole
+      output channels of NaN, then a segfault, in Lite-HRNet-18)."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.bias = conv.bias
+        conv.bias = None
+        self.conv = conv
+        out_c, in_c, kh, kw = conv.weight.shape
+        self.repeats, self.padded_weight = 1, None
+        if (kh, kw) == (1, 1) and conv._groups == 1 and in_c % 16:
+            while in_c * self.repeats % 16:
+                self.repeats *= 2
+            w = paddle.concat([conv.weight, paddle.zeros(
+                [out_c, in_c * (self.repeats - 1), 1, 1], conv.weight.dtype)], axis=1)
+            self.padded_weight = self.create_parameter(w.shape, dtype=w.dtype)
+            self.padded_weight.set_value(w)
+
+    def forward(self, x):
+        c = self.conv
+        if self.padded_weight is not None and isinstance(x, Variable) and list(x.shape[2:]) == [1, 1]:
+            y = F.conv2d(paddle.concat([x] * self.repeats, axis=1), self.padded_weight, None,
+                         c._stride, c._updated_padding, c._dilation, 1, c._data_format)
+        else:
+            y = c(x)
+        if self.bias is None:
+            return y
+        if isinstance(y, Variable):
+            return _append("elementwise_add", {"X": y, "Y": self.bias}, {"axis": 1})
+        return y + self.bias.reshape([1, -1, 1, 1])
 
 
 def fold_conv_bias_into_bn(layer):

@@ -95,11 +95,23 @@ class SeparableConvBNReLU(nn.Layer):
         return self.piontwise_conv(self.depthwise_conv(x))
 
 
+def spatial_size(x):
+    """H and W of ``x`` (N, C, H, W): Python ints where they are fixed (dygraph, a fixed-size
+    export, where they become attributes), else a tensor (a dynamic-size export). Lite 2.13's ARM
+    FP16 program crashes on interpolations whose size is a tensor (Lite-HRNet-18), and the
+    shape/slice/cast ops that compute it are work on a phone."""
+    size = list(x.shape[2:])
+    if all(isinstance(d, int) and d > 0 for d in size):
+        return size
+    return paddle.shape(x)[2:]
+
+
 def channel_shuffle(x, groups):
     """ShuffleNet channel shuffle, written with static channel counts and -1 for the spatial
     size so that it traces for dynamic H and W in both program formats."""
     c = x.shape[1]
-    h, w = paddle.shape(x)[2], paddle.shape(x)[3]
+    size = spatial_size(x)
+    h, w = size[0], size[1]
     x = paddle.reshape(x, [-1, groups, c // groups, h, w])
     x = paddle.transpose(x, [0, 2, 1, 3, 4])
     return paddle.reshape(x, [-1, c, h, w])
@@ -107,4 +119,4 @@ def channel_shuffle(x, groups):
 
 def resize_to(x, ref, mode="bilinear"):
     """Resize ``x`` to the spatial size of ``ref`` (align_corners=False, as paddleseg)."""
-    return F.interpolate(x, paddle.shape(ref)[2:], mode=mode, align_corners=False)
+    return F.interpolate(x, spatial_size(ref), mode=mode, align_corners=False)

@@ -23,7 +23,7 @@ import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, Normal
 from paddle.regularizer import L2Decay
 
-from mobileseg_paddle.models.layers import ConvBNAct, channel_shuffle
+from mobileseg_paddle.models.layers import ConvBNAct, channel_shuffle, spatial_size
 
 __all__ = ["LiteHRNet", "Lite_HRNet_18", "Lite_HRNet_30", "Lite_HRNet_naive",
            "Lite_HRNet_wider_naive"]
@@ -99,17 +99,19 @@ class CrossResolutionWeighting(nn.Layer):
         self.conv1 = conv_norm(total, total // ratio, 1, act="relu", **norm)
         self.conv2 = conv_norm(total // ratio, total, 1, **norm)
         self.sigmoid = nn.Sigmoid()
+        self.copy_last = False  # set by prepare_for_deploy(model, "lite"): see there
 
     def forward(self, xs):
         n = len(xs)
+        last = F.avg_pool2d(xs[-1], 1, 1) if self.copy_last else xs[-1]  # an identity
         # ceil_mode keeps every pooled size equal to the lowest branch's ceil-size. A partial
         # border window averages only its real pixels (paddle clips windows to the input;
         # exclusive=True exports as ONNX count_include_pad=0, which does the same).
         pooled = [F.avg_pool2d(x, 2 ** (n - 1 - k), 2 ** (n - 1 - k), ceil_mode=True,
                                exclusive=True) for k, x in enumerate(xs[:-1])]
-        w = self.sigmoid(self.conv2(self.conv1(paddle.concat(pooled + [xs[-1]], axis=1))))
+        w = self.sigmoid(self.conv2(self.conv1(paddle.concat(pooled + [last], axis=1))))
         ws = paddle.split(w, self.channels, axis=1)
-        return [x * F.interpolate(a, paddle.shape(x)[2:], mode="nearest")
+        return [x * F.interpolate(a, spatial_size(x), mode="nearest")
                 for x, a in zip(xs, ws)]
 
 
@@ -210,7 +212,7 @@ class HRModule(nn.Layer):
             for j in range(1, len(xs)):
                 term = row[j](xs[j])
                 if j > i:
-                    term = F.interpolate(term, paddle.shape(xs[i])[2:], mode="nearest")
+                    term = F.interpolate(term, spatial_size(xs[i]), mode="nearest")
                 y = y + term
             if i == 0:
                 fused0 = y
@@ -233,7 +235,7 @@ class IterativeHead(nn.Layer):
         ys, last = [], None
         for x, project in zip(xs[::-1], self.projects):
             if last is not None:
-                x = x + F.interpolate(last, paddle.shape(x)[2:], mode="bilinear",
+                x = x + F.interpolate(last, spatial_size(x), mode="bilinear",
                                       align_corners=True)
             last = project(x)
             ys.append(last)
@@ -333,7 +335,9 @@ class LiteHRNet(nn.Layer):
             xs = getattr(self, f"stage{s}")(xs)
         if self.use_head:
             xs = self.head_layer(xs)
-        return [x.detach() if k == self.freeze_at else x
+        # detach only stops gradients: not in eval mode, where Lite's FP16 ARM programs would read
+        # its share_data op's FP16 output as FP32 (garbage, then a segfault)
+        return [x.detach() if k == self.freeze_at and self.training else x
                 for k, x in enumerate(xs) if k in self.return_idx]
 
 
