@@ -6,6 +6,11 @@ Paddle Lite models, run or time them on this machine.
                                                     # convert (also: `convert` subcommand)
   mobileseg lite segment --model_dir D --image I --out_dir O     # x86 host check
   mobileseg lite bench --model_dir D [--repeats 50]               # x86 latency, 1 thread
+  mobileseg lite build-runtime [--source S] [--no-fp16] [--android_ndk N]
+                             # the armv8 light API from source, tailored, cached
+  mobileseg lite check --model_dir D [--reference dygraph|x86]
+                             # run model_arm.nb on ARM kernels under qemu-aarch64 and compare
+                             # (exit 0 within the bounds, 1 outside them)
 
 Bad input: one line "mobileseg lite: error: ..." on stderr and exit status 2 (as the other
 mobileseg commands).
@@ -16,7 +21,7 @@ import sys
 
 from mobileseg_paddle.errors import UserError, run_main
 
-COMMANDS = ("convert", "segment", "bench")
+COMMANDS = ("convert", "segment", "bench", "build-runtime", "check")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +62,11 @@ def build_parser():
     p.add_argument("--model_dir", required=True)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=50)
+    p = sub.add_parser("check", help="run model_arm.nb under qemu-aarch64, compare")
+    p.add_argument("--model_dir", required=True)
+    p.add_argument("--reference", default="dygraph",
+                   help="dygraph (the checkpoint the manifest names) or x86 (model_x86.nb)")
+    p.add_argument("--source", help="Paddle Lite source for the runtime (see build-runtime)")
     return parser
 
 
@@ -65,6 +75,12 @@ def run(args):
         from .convert import convert
         convert(args.config, args.model_path, args.save_dir, args.input_shape, args.valid_targets,
                 output_op=args.output_op, precision=args.precision)
+    elif args.cmd == "check":
+        from . import check
+        result = check.check(args.model_dir, args.reference, source=args.source,
+                             log=lambda m: print(m, file=sys.stderr))
+        print(check.describe(result))
+        return 0 if result["passed"] else 1
     elif args.cmd == "segment":
         from .predict import segment
         mask, overlay = segment(args.model_dir, args.image, args.out_dir)
@@ -80,6 +96,9 @@ def run(args):
 def main(argv=None):
     """Run the command line; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "build-runtime":  # its own parser (also arm_runtime's __main__)
+        from .arm_runtime import main as build_main
+        return build_main(argv[1:])
     if argv and argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "convert")  # the export command's flags work without a subcommand
     return run_main("lite", lambda: run(build_parser().parse_args(argv)))

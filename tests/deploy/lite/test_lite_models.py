@@ -1,7 +1,10 @@
 """The five MobileSeg models through Paddle Lite at 1x3x256x256: the x86 .nb matches our dygraph
-model (relative error <= 1e-4, random weights and BN statistics), the ARM .nb is produced with
-every op supported, and the legacy program traced in this (PIR) process is the one a fresh
-``FLAGS_enable_pir_api=0`` process writes (why convert needs no export child process)."""
+model (relative error <= 1e-4, random weights and BN statistics); the ARM .nb, FP32 and FP16, run
+on Lite's ARM kernels (the armv8 light API built from source, under qemu-aarch64 -cpu max, with
+a poisoning allocator so that a kernel reading memory it did not write fails every time) within
+the bounds of ``mobileseg lite check``: FP32 relative L2 <= 1e-4 and an identical argmax, FP16
+<= 1e-2 and >= 99 % agreement; and the legacy program traced in this (PIR) process is the one a
+fresh ``FLAGS_enable_pir_api=0`` process writes (why convert needs no export child process)."""
 
 import json
 import os
@@ -14,10 +17,12 @@ import pytest
 from paddle.base.proto import framework_pb2 as pb
 
 from helpers import ROOT
+from helpers.arm import poisoned, require_arm
 from helpers.lite import require_lite_runtime
 from helpers.numerics import max_rel_err, randomize_
 from mobileseg_paddle import resources
 from mobileseg_paddle.builder import build_model
+from mobileseg_paddle.deploy.lite.check import check
 from mobileseg_paddle.deploy.lite.convert import check_ops, convert
 from mobileseg_paddle.deploy.lite.predict import run_nb
 from mobileseg_paddle.deploy.lite.program_compat import apply_fixes, read_program, write_program
@@ -104,6 +109,32 @@ def test_argmax_output_is_the_label_map_of_the_logits(converted):
     assert len(labels) == 1 and labels[0].dtype == np.int64 and labels[0].shape == (1, 256, 256)
     np.testing.assert_array_equal(labels[0][0], np.argmax(logits[0], axis=0))
     assert len(np.unique(labels[0])) > 1  # a real label map, not a constant
+
+
+@pytest.fixture(scope="module")
+def arm():
+    return require_arm()
+
+
+def test_arm_nb_on_arm_kernels_matches_dygraph(converted, arm, monkeypatch):
+    poisoned(monkeypatch, arm)
+    result = check(converted["dir"], "dygraph", arm["runtime"], log=lambda message: None)
+    assert result["precision"] == "fp32" and result["reference"] == "dygraph"
+    assert result["rel_l2"] <= 1e-4 and result["agreement"] == 1.0 and result["passed"]
+
+
+def test_fp16_arm_nb_within_the_fp16_bounds(converted, arm, monkeypatch):
+    save_dir = str(converted["work"] / "lite_fp16")
+    manifest = convert(config_path(converted["name"]), converted["weights"], save_dir, SHAPE,
+                       "arm", runtime=converted["runtime"], log=lambda message: None,
+                       precision="fp16")
+    assert manifest["precision"] == {"arm": "fp16"}
+    poisoned(monkeypatch, arm)
+    result = check(save_dir, "dygraph", arm["runtime"], log=lambda message: None)
+    print(f"{converted['name']} FP16: relative L2 {result['rel_l2']:.2e}, "
+          f"agreement {100 * result['agreement']:.3f}%")
+    assert result["rel_l2"] <= 1e-2 and result["agreement"] >= 0.99 and result["passed"]
+    assert result["rel_l2"] > 1e-5  # FP16 arithmetic did run
 
 
 # --- in this process or in a fresh one -------------------------------------------------------
