@@ -5,16 +5,27 @@ Two blocks: ``Deploy`` is what PaddleSeg's own deploy tools read (model, params,
 input_shape, output_op); ``MobileSegDeploy`` is ours, versioned, complete enough for inference
 without the training config."""
 
+import contextlib
+import json
 import os
 
 import numpy as np
 import yaml
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: no lock there
+    fcntl = None
+
 from mobileseg_paddle.errors import UserError
 
 FILENAME = "deploy.yaml"
-# present while an export replaces the files of an earlier one in the same folder
+# present while an export replaces the files of an earlier one in the same folder: the journal
+# of that switch (see ``recover``)
 INCOMPLETE_MARKER = ".mobileseg-export-incomplete"
+BACKUP_PREFIX = ".mobileseg-old."  # an earlier export's file while the next one moves in
+# the files an export writes (the ours of a folder whose marker predates the journal)
+EXPORT_FILES = (FILENAME, "model.pdmodel", "model.json", "model.pdiparams", "model.onnx")
 DEPLOY_KEY = "MobileSegDeploy"
 DEPLOY_FORMAT_VERSION = 1
 OUTPUT_OPS = ("argmax", "softmax", "none")
@@ -121,12 +132,174 @@ def is_our_export(folder):
     return isinstance(doc, dict) and isinstance(doc.get(DEPLOY_KEY), dict)
 
 
-class DeployConfig:
-    """The parsed and checked ``deploy.yaml`` of an export folder."""
+# ----------------------------------------------------------------------------------------------
+# Replacing an export in place: a journal, backups, one commit point, recovery
+#
+# ``mobileseg export`` writes a new export into a staging folder next to the export folder, then
+# switches the folder over (``export._move_into_place``) in steps that a kill can interrupt at
+# any point:
+#   1. the journal (INCOMPLETE_MARKER, written atomically) names the staging folder, the files
+#      of the earlier export (``old``) and the files coming in (``new``, deploy.yaml last);
+#   2. each old file is renamed to BACKUP_PREFIX + name;
+#   3. each new file is renamed from the staging folder into the folder; moving deploy.yaml in
+#      is the commit point (one rename: it is either still in staging or in the folder);
+#   4. the backups, the staging folder and the journal are removed.
+# ``recover`` reads the journal and either undoes steps 3 and 2 (not committed: the earlier
+# export comes back, file for file) or finishes step 4 (committed). Every step of either is
+# one rename or removal that a rerun skips when it is done, so a kill during recovery is
+# recovered in turn. Files not named in the journal (a user's results/) are never touched.
 
-    def __init__(self, path):
+
+def backup_name(name):
+    return BACKUP_PREFIX + name
+
+
+def _plain_name(name):
+    return (isinstance(name, str) and name not in ("", ".", "..") and os.sep not in name
+            and (os.altsep is None or os.altsep not in name))
+
+
+def write_journal(folder, staging, old, new):
+    """Step 1: the journal of a switch of ``folder`` to the export in ``staging`` (atomic)."""
+    doc = {"staging": os.path.basename(staging), "old": list(old), "new": list(new)}
+    path = os.path.join(folder, INCOMPLETE_MARKER)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def read_journal(folder):
+    """The journal of an interrupted switch of ``folder``; None when there is none or it is not
+    one this version wrote (an older version's empty marker, or a damaged file)."""
+    try:
+        with open(os.path.join(folder, INCOMPLETE_MARKER), encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    staging, old, new = doc.get("staging"), doc.get("old"), doc.get("new")
+    prefix = f".{os.path.basename(folder)}.partial-"
+    if not (_plain_name(staging) and staging.startswith(prefix) and isinstance(old, list)
+            and isinstance(new, list) and new and new[-1] == FILENAME
+            and all(_plain_name(n) and not n.startswith(BACKUP_PREFIX) for n in old + new)):
+        return None
+    return {"staging": os.path.join(os.path.dirname(folder), staging), "old": old, "new": new}
+
+
+def finish_switch(folder, journal):
+    """Step 4 (the switch is committed): remove the backups, the staging folder, the journal."""
+    for name in journal["old"]:
+        backup = os.path.join(folder, backup_name(name))
+        if os.path.lexists(backup):
+            os.remove(backup)
+    _remove_tree(journal["staging"])
+    os.remove(os.path.join(folder, INCOMPLETE_MARKER))
+
+
+def undo_switch(folder, journal):
+    """Undo steps 3 and 2 (not committed): the new files back to the staging folder, the
+    backups back to their names; then drop the staging folder and the journal."""
+    staging = journal["staging"]
+    for name in reversed(journal["new"]):
+        here, there = os.path.join(folder, name), os.path.join(staging, name)
+        if not os.path.lexists(there) and os.path.lexists(here):
+            os.makedirs(staging, exist_ok=True)
+            os.rename(here, there)
+    for name in journal["old"]:
+        backup = os.path.join(folder, backup_name(name))
+        if os.path.lexists(backup):
+            os.replace(backup, os.path.join(folder, name))
+    os.remove(os.path.join(folder, INCOMPLETE_MARKER))
+    _remove_tree(staging)
+
+
+def _remove_tree(path):
+    import shutil
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+
+
+def recover(folder):
+    """Bring ``folder`` back to one complete export after an export into it was killed while
+    switching files (the caller holds ``export_lock(folder)``). Returns None (nothing to do),
+    "undone" (the earlier export is back), "completed" (the new one is in place) or "unknown"
+    (a marker without a journal of this version: nothing can be told; the marker stays)."""
+    marker = os.path.join(folder, INCOMPLETE_MARKER)
+    if os.path.lexists(marker + ".tmp"):  # killed while writing the journal: nothing moved
+        os.remove(marker + ".tmp")
+    if not os.path.lexists(marker):
+        return None
+    journal = read_journal(folder)
+    if journal is None:
+        return "unknown"
+    committed = (not os.path.lexists(os.path.join(journal["staging"], FILENAME))
+                 and os.path.isfile(os.path.join(folder, FILENAME)))
+    if committed:
+        finish_switch(folder, journal)
+        return "completed"
+    undo_switch(folder, journal)
+    return "undone"
+
+
+@contextlib.contextmanager
+def export_lock(folder):
+    """One export (or recovery) at a time in the folder that holds ``folder``: an exclusive
+    flock on that parent folder itself, which leaves no file behind."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _interrupted(folder):
+    return UserError(f"{folder}: holds an interrupted export (`mobileseg export` was stopped "
+                     f"while replacing its files): re-export the model into it")
+
+
+def recover_for_loading(folder):
+    """Before reading ``folder``'s deploy.yaml: if an export into it was interrupted, recover
+    it (waiting for an export that is still running); one error when that cannot be done."""
+    if not os.path.lexists(os.path.join(folder, INCOMPLETE_MARKER)):
+        return
+    try:
+        with export_lock(folder):
+            state = recover(folder)
+    except OSError:  # e.g. a read-only folder
+        raise _interrupted(folder) from None
+    if state == "unknown":
+        raise _interrupted(folder)
+
+
+class DeployConfig:
+    """The parsed and checked ``deploy.yaml`` of an export folder. An export into the folder
+    that was killed while replacing its files is recovered first (``recover``); with
+    ``allow_recovery`` False (the export's own read, which has recovered already) such a folder
+    is refused."""
+
+    def __init__(self, path, allow_recovery=True):
         if os.path.isdir(path):
             path = os.path.join(path, FILENAME)
+        folder = os.path.dirname(os.path.abspath(path))
+        if allow_recovery:
+            recover_for_loading(folder)
+        elif os.path.lexists(os.path.join(folder, INCOMPLETE_MARKER)):
+            raise _interrupted(folder)
         if not os.path.isfile(path):
             raise UserError(f"deploy.yaml not found: {path}")
         self.path = os.path.abspath(path)

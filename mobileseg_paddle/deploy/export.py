@@ -23,8 +23,6 @@ What is written (into a temporary folder next to ``save_dir``, renamed into plac
 """
 
 import argparse
-import contextlib
-import fcntl
 import os
 import shutil
 import sys
@@ -186,6 +184,9 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
         check_opset(opset)
     save_dir = os.path.abspath(save_dir)
     _check_save_dir(save_dir)
+    if program not in PROGRAMS:
+        raise UserError(f"--program: expected one of {PROGRAMS}, got {program!r}")
+    _check_foreign(save_dir, _written_files(fmt, program))  # at once; again when switching
     if model is None:
         model, cfg = build_model(config, model_path)
     else:
@@ -194,6 +195,7 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
                       channels_last_argmax=(fmt == "paddle"))
 
     with _export_lock(save_dir):
+        journal_lost = _recover(save_dir)  # an export into it that was killed mid-switch
         _check_save_dir(save_dir)  # again: another export may have finished meanwhile
         _remove_leftovers(save_dir)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(save_dir)}.partial-",
@@ -210,7 +212,7 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
                                     paddle.__version__, config)
             deploy_yaml.write(tmp, info)
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
-            _move_into_place(tmp, save_dir)
+            _move_into_place(tmp, save_dir, journal_lost)
         except OSError as e:  # a full disk, a folder made read-only meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
             raise UserError(f"--save_dir {save_dir}: cannot write the export: "
@@ -246,62 +248,98 @@ def _check_save_dir(save_dir):
         raise UserError(f"--save_dir {save_dir}: folder {probe} is not writable")
 
 
-def _our_files(save_dir):
-    """The files a previous export of ours wrote in ``save_dir`` (those it may replace)."""
+def _our_files(save_dir, journal_lost=False):
+    """The files a previous export of ours wrote in ``save_dir`` (those it may replace), its
+    deploy.yaml first. When its deploy.yaml cannot tell (an older format version, or
+    ``journal_lost``: an export interrupted by an older version, a marker without a journal),
+    the export file names present are ours (``_check_save_dir`` has found the folder ours)."""
     try:
-        old = deploy_yaml.DeployConfig(save_dir)
+        if journal_lost:
+            raise UserError("no journal")
+        old = deploy_yaml.DeployConfig(save_dir, allow_recovery=False)
     except UserError:
-        return []
-    return [name for name in old.files.values() if os.path.dirname(name) == ""]
+        return [n for n in deploy_yaml.EXPORT_FILES
+                if os.path.isfile(os.path.join(save_dir, n))]
+    names = [name for name in old.files.values() if os.path.dirname(name) == ""]
+    return [deploy_yaml.FILENAME] + [n for n in dict.fromkeys(names) if n != deploy_yaml.FILENAME]
+
+
+def _written_files(fmt, program):
+    """The names an export of ``fmt``/``program`` writes."""
+    if fmt == "onnx":
+        return ["model.onnx", deploy_yaml.FILENAME]
+    programs = {"legacy": ["model.pdmodel"], "pir": ["model.json"]}.get(
+        program, ["model.pdmodel", "model.json"])
+    return programs + ["model.pdiparams", deploy_yaml.FILENAME]
+
+
+def _check_foreign(save_dir, new, old=None):
+    """Refuse to replace a file of ``save_dir`` that the export there does not name (the
+    user's own ``model.json`` beside an export without one)."""
+    if not os.path.isdir(save_dir):
+        return
+    if old is None:
+        old = _our_files(save_dir, os.path.lexists(
+            os.path.join(save_dir, deploy_yaml.INCOMPLETE_MARKER)))
+    foreign = [n for n in new if n not in old and os.path.lexists(os.path.join(save_dir, n))]
+    if foreign:
+        raise UserError(f"--save_dir {save_dir}: {', '.join(foreign)} is not a file of the export "
+                        f"there (its deploy.yaml does not name it) and would be replaced; move "
+                        f"it away or choose another folder")
+
+
+def _recover(save_dir):
+    """An export into ``save_dir`` that was killed while switching files: undo or finish it
+    (``deploy_yaml.recover``), before anything else (under the lock). Returns True when the
+    folder holds an export interrupted by an older version (no journal to follow: its marker
+    stays, and this export's journal replaces it)."""
+    if not os.path.isdir(save_dir):
+        return False
+    try:
+        return deploy_yaml.recover(save_dir) == "unknown"
+    except OSError as e:
+        raise UserError(f"--save_dir {save_dir}: cannot recover the interrupted export in it: "
+                        f"{e.strerror or e}") from None
 
 
 def _remove_leftovers(save_dir):
     """Staging folders of an export of ``save_dir`` that was killed (under the lock, no other
-    export of this folder is running)."""
+    export of this folder is running; ``_recover`` has run)."""
     parent, name = os.path.split(save_dir)
     for entry in os.listdir(parent):
         if entry.startswith(f".{name}.partial-"):
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
-def _move_into_place(tmp, save_dir):
-    """Put the completed export of ``tmp`` into ``save_dir``. A new folder is a rename; in an
-    existing one only the files of the previous export of ours are replaced or removed, the
-    old deploy.yaml first and the new one last, so that a deploy.yaml never names a file of
-    another export and everything else in the folder (results, a checkpoint) stays."""
+def _move_into_place(tmp, save_dir, journal_lost=False):
+    """Put the completed export of ``tmp`` into ``save_dir``. A new folder is one rename. In an
+    existing one only the files of the previous export of ours are replaced or removed, through
+    the journal of ``deploy_yaml`` (``write_journal``, backups, deploy.yaml moved in last as
+    the commit point): a kill at any moment leaves either the previous export or the new one,
+    complete, once ``deploy_yaml.recover`` has run (the next export or the next load runs it).
+    Everything else in the folder (results, a checkpoint) stays."""
     if not os.path.exists(save_dir):
         os.rename(tmp, save_dir)
         return
-    new = [n for n in os.listdir(tmp) if n != deploy_yaml.FILENAME]
-    old_yaml = os.path.join(save_dir, deploy_yaml.FILENAME)
-    stale = [n for n in _our_files(save_dir) if n not in new]
-    marker = os.path.join(save_dir, deploy_yaml.INCOMPLETE_MARKER)
-    open(marker, "w").close()  # a kill from here on leaves a folder still known as ours
-    if os.path.exists(old_yaml):
-        os.remove(old_yaml)
-    for name in stale:
-        path = os.path.join(save_dir, name)
-        if os.path.isfile(path):
-            os.remove(path)
-    for name in new + [deploy_yaml.FILENAME]:
-        os.replace(os.path.join(tmp, name), os.path.join(save_dir, name))
-    os.remove(marker)
-    os.rmdir(tmp)
-
-
-@contextlib.contextmanager
-def _export_lock(save_dir):
-    """One export at a time into the folder that holds ``save_dir`` (a second one waits), so
-    two concurrent exports never mix their files; the lock is on that folder itself (flock),
-    which leaves no file behind."""
-    parent = os.path.dirname(save_dir)
-    os.makedirs(parent, exist_ok=True)
-    fd = os.open(parent, os.O_RDONLY)
+    new = sorted(n for n in os.listdir(tmp) if n != deploy_yaml.FILENAME) + [deploy_yaml.FILENAME]
+    old = _our_files(save_dir, journal_lost)
+    _check_foreign(save_dir, new, old)
+    journal = {"staging": tmp, "old": old, "new": new}
+    deploy_yaml.write_journal(save_dir, tmp, old, new)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        for name in old:  # deploy.yaml first
+            path = os.path.join(save_dir, name)
+            if os.path.lexists(path):
+                os.rename(path, os.path.join(save_dir, deploy_yaml.backup_name(name)))
+        for name in new:  # deploy.yaml last: the commit point
+            os.rename(os.path.join(tmp, name), os.path.join(save_dir, name))
+    except BaseException:
+        deploy_yaml.undo_switch(save_dir, journal)  # the previous export back, then re-raise
+        raise
+    deploy_yaml.finish_switch(save_dir, journal)
+
+
+_export_lock = deploy_yaml.export_lock  # one export at a time per parent folder (flock)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,16 +3,19 @@ files; a kill, a second export at the same time or a full disk never leaves a mi
 half-written folder (the reliability issue's data-loss cases)."""
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
 import paddle
 import pytest
+from PIL import Image
 
 import mobileseg_paddle.register  # noqa: F401  (registers the MSP_ components)
-from helpers import digests, small_disk
+from helpers import ROOT, digests, small_disk
 from helpers.train_helpers import config_dict, run_module, write_config
 from mobileseg_paddle.builder import build_model
 from mobileseg_paddle.deploy import export as E
@@ -151,3 +154,178 @@ def test_library_call_refuses_before_building(tmp_path):
     with pytest.raises(UserError, match="holds no export of mobileseg"):
         E.export(os.path.join(os.path.dirname(__file__), "missing.yml"), str(tmp_path))
     assert (tmp_path / "x.txt").read_text() == "keep"
+
+
+# --- a kill at every step of the switch-over (the journal, backups, commit, recovery) ---------
+
+# Runs ``_move_into_place(staging, save_dir)`` and SIGKILLs itself right after the STEP-th
+# rename/removal that touches a path below ROOT: every moment of the switch-over, one by one.
+_KILL_AFTER_STEP = r"""
+import os, signal, sys
+root, step, staging, save_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+from mobileseg_paddle.deploy import export as E
+done = []
+def counted(fn):
+    def call(*args, **kwargs):
+        result = fn(*args, **kwargs)
+        if any(isinstance(a, str) and a.startswith(root) for a in args):
+            done.append((fn.__name__, args))
+            if len(done) == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return call
+for name in ("rename", "replace", "remove", "unlink", "rmdir"):
+    setattr(os, name, counted(getattr(os, name)))
+E._move_into_place(staging, save_dir)
+print(len(done))
+"""
+
+
+@pytest.fixture(scope="module")
+def two_exports(tiny, tmp_path_factory):
+    """Two real exports of the same weights that differ in every file (output_op none/argmax,
+    legacy/pir program): (folder of A, folder of B)."""
+    root = tmp_path_factory.mktemp("two")
+    a, b = root / "a", root / "b"
+    assert _export(tiny, a, "--output_op", "none").returncode == 0
+    proc = run_module("export", "--config", tiny[0], "--model_path", tiny[1], "--save_dir", b,
+                      "--program", "both")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return a, b
+
+
+def _switch_killed_at(step, two_exports, tmp_path):
+    """A's export in tmp_path/inference (with a user's results/), B's staged beside it, the
+    switch-over run in a subprocess killed after ``step`` file operations. Returns (killed,
+    the folder, digests of A with the user's files, the same for B)."""
+    a, b = two_exports
+    out = tmp_path / "inference"
+    shutil.copytree(a, out)
+    (out / "results").mkdir()
+    (out / "results" / "mask.png").write_bytes(b"user's result")
+    (out / "notes.txt").write_text("mine")
+    user = {k: v for k, v in digests(out).items() if k.startswith(("results", "notes"))}
+    staging = tmp_path / ".inference.partial-kill"
+    shutil.copytree(b, staging)
+    want_a, want_b = dict(digests(a), **user), dict(digests(b), **user)
+    proc = subprocess.run([sys.executable, "-c", _KILL_AFTER_STEP, str(tmp_path), str(step),
+                           str(staging), str(out)], capture_output=True, text=True,
+                          timeout=240, env=dict(os.environ, PYTHONPATH=ROOT))
+    killed = proc.returncode == -signal.SIGKILL
+    assert killed or proc.returncode == 0, proc.stderr[-2000:]
+    return killed, out, want_a, want_b
+
+
+def test_a_kill_at_any_step_of_the_switch_over_leaves_one_complete_export(two_exports, tmp_path):
+    """Killed after each rename/removal in turn, the folder always loads afterwards (the load
+    recovers it) as exactly the previous export or exactly the new one, the user's files
+    untouched, nothing left beside it; before the new deploy.yaml is in, it is the previous."""
+    a, b = two_exports
+    out_a, out_b = _run_export(a), _run_export(b)
+    seen, step = [], 1
+    while True:
+        case = tmp_path / f"step{step}"
+        case.mkdir()
+        killed, out, want_a, want_b = _switch_killed_at(step, two_exports, case)
+        if not killed:  # past the last step: the switch completed
+            assert digests(out) == want_b
+            break
+        deploy = DeployConfig(str(out))  # recovers
+        got = digests(out)
+        assert got in (want_a, want_b), (step, sorted(got))
+        version = "A" if got == want_a else "B"
+        np.testing.assert_array_equal(_run_export(out), out_a if version == "A" else out_b)
+        assert deploy.output_op == ("none" if version == "A" else "argmax")
+        assert sorted(os.listdir(case)) == ["inference"], step  # staging and backups gone
+        seen.append(version)
+        step += 1
+    # journal, 3 backups (deploy.yaml first), 3 of the 4 new files in: the previous export; the
+    # 4th (deploy.yaml, the commit) and the clean-up after it: the new one
+    assert seen[:7] == ["A"] * 7 and set(seen[7:]) == {"B"}, seen
+
+
+def test_the_next_export_recovers_a_killed_switch_over(tiny, two_exports, tmp_path):
+    killed, out, want_a, _ = _switch_killed_at(2, two_exports, tmp_path)  # old deploy.yaml away
+    assert killed and not (out / "deploy.yaml").exists()
+    assert _export(tiny, out, "--output_op", "argmax").returncode == 0
+    assert sorted(os.listdir(tmp_path)) == ["inference"]
+    assert sorted(os.listdir(out)) == ["deploy.yaml", "model.pdiparams", "model.pdmodel",
+                                       "notes.txt", "results"]
+    assert (out / "results" / "mask.png").read_bytes() == b"user's result"
+    assert _run_export(out).dtype == np.int32
+
+
+_KILL_CLI_AFTER_OLD_YAML_MOVED = r"""
+import os, signal, sys
+save_dir = os.path.abspath(sys.argv[1])
+real = os.rename
+def rename(src, dst, *args, **kwargs):
+    real(src, dst, *args, **kwargs)
+    if str(src) == os.path.join(save_dir, "deploy.yaml"):  # the old deploy.yaml moved away
+        os.kill(os.getpid(), signal.SIGKILL)
+os.rename = rename
+from mobileseg_paddle import cli
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_mobileseg_infer_loads_the_previous_export_after_a_kill_at_the_worst_moment(
+        tiny, tmp_path):
+    """The real ``mobileseg export``, killed right after it moved the previous deploy.yaml
+    away (the probe's failure: the folder held only the marker and model files); then the real
+    ``mobileseg infer`` runs the previous export, whose files are all back, byte for byte."""
+    out = tmp_path / "inference"
+    assert _export(tiny, out, "--output_op", "none").returncode == 0
+    before = digests(out)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(image)
+
+    def infer(save_dir):
+        proc = run_module("infer", "--config", out, "--image_path", image, "--save_dir",
+                          save_dir, "--device", "cpu", "--enable_mkldnn", "False")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return digests(save_dir)
+
+    want = infer(tmp_path / "r1")
+    config, weights = tiny
+    proc = subprocess.run([sys.executable, "-c", _KILL_CLI_AFTER_OLD_YAML_MOVED, str(out),
+                           "export", "--config", config, "--model_path", weights, "--save_dir",
+                           str(out), "--program", "legacy", "--output_op", "argmax"],
+                          capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (out / "deploy.yaml").exists()  # killed at that moment indeed
+    assert infer(tmp_path / "r2") == want
+    assert digests(out) == before
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "inference", "r1", "r2"]
+
+
+def test_a_marker_of_an_older_version_is_one_error_and_re_export_works(tiny, tmp_path):
+    """A marker without a journal (left by a version before the journal) cannot be recovered:
+    loading says so in one line; exporting into the folder replaces the export files."""
+    out = tmp_path / "inference"
+    assert _export(tiny, out).returncode == 0
+    (out / "deploy.yaml").unlink()
+    (out / ".mobileseg-export-incomplete").write_text("")
+    with pytest.raises(UserError) as e:
+        DeployConfig(str(out))
+    assert str(e.value) == (f"{out}: holds an interrupted export (`mobileseg export` was stopped "
+                            f"while replacing its files): re-export the model into it")
+    assert _export(tiny, out, "--output_op", "softmax").returncode == 0
+    assert sorted(os.listdir(out)) == ["deploy.yaml", "model.pdiparams", "model.pdmodel"]
+    assert DeployConfig(str(out)).output_op == "softmax"
+
+
+def test_a_user_file_named_like_a_new_export_file_is_not_replaced(tiny, tmp_path):
+    out = tmp_path / "inference"
+    assert _export(tiny, out).returncode == 0  # legacy: no model.json
+    (out / "model.json").write_text("the user's own json")
+    before = digests(out)
+    proc = run_module("export", "--config", tiny[0], "--model_path", tiny[1], "--save_dir", out,
+                      "--program", "both")
+    line = _error_line(proc)
+    assert line == (f"mobileseg export: error: --save_dir {out}: model.json is not a file of the "
+                    f"export there (its deploy.yaml does not name it) and would be replaced; "
+                    f"move it away or choose another folder")
+    assert digests(out) == before
+    assert sorted(os.listdir(tmp_path)) == ["inference"]
