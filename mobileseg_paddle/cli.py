@@ -11,6 +11,7 @@ Multi-GPU / multi-node: ``python -m paddle.distributed.launch [--devices 0,1] \\
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -294,7 +295,7 @@ def _encodable(paths, logger):
 def _check_predict_outputs(image_list, image_dir, save_dir):
     """paddleseg's predict names its outputs by each image's path relative to ``image_dir``
     (minus the extension for the mask): refuse a list whose outputs would leave ``save_dir``,
-    land on an input, or share a name, before anything is written."""
+    land on an input, or share a name, before anything is written. Returns the output paths."""
     root = os.path.realpath(save_dir)
     inputs = {os.path.realpath(p) for p in image_list}
     seen = {}
@@ -314,6 +315,110 @@ def _check_predict_outputs(image_list, image_dir, save_dir):
                 raise UserError(f"--image_path: {seen[target]} and {path} would both be written "
                                 f"to {target}; rename one of them")
             seen[target] = path
+    return list(seen)
+
+
+def _write_output(path, data):
+    """Write ``data`` to a temporary file beside ``path`` and rename it over: a full disk or a
+    kill never leaves a truncated image under the final name. One error naming the file."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+class _CheckedCv2:
+    """``cv2`` as paddleseg's predict sees it: ``imwrite`` encodes in memory and writes through
+    ``_write_output`` (cv2's own returns False on a write error, which predict ignores, and
+    leaves a partial file)."""
+
+    def __init__(self, cv2):
+        self._cv2 = cv2
+
+    def __getattr__(self, name):
+        return getattr(self._cv2, name)
+
+    def imwrite(self, path, img, params=()):
+        ok, data = self._cv2.imencode(os.path.splitext(path)[1], img, list(params))
+        if not ok:
+            raise UserError(f"cannot encode {path}")
+        _write_output(path, data.tobytes())
+        return True
+
+
+class _CheckedImage:
+    """A PIL image whose ``save(path)`` encodes in memory and writes through ``_write_output``
+    (PIL's own leaves a truncated file when the disk is full)."""
+
+    def __init__(self, image):
+        self._image = image
+
+    def __getattr__(self, name):
+        return getattr(self._image, name)
+
+    def save(self, path, format=None, **params):
+        import io
+
+        from PIL import Image
+        path = os.fspath(path)
+        fmt = format or Image.registered_extensions().get(os.path.splitext(path)[1].lower())
+        buf = io.BytesIO()
+        self._image.save(buf, format=fmt, **params)
+        _write_output(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def _checked_predict_writes():
+    """For one call of ``paddleseg.core.predict``: its overlays (cv2.imwrite) and masks (PIL
+    save) are written whole or not at all, and a failed write is one ``UserError``, which
+    starts a line of its own (paddleseg's progress bar leaves its line open on stderr)."""
+    import importlib
+    import types
+
+    from paddleseg.utils import progbar, visualize
+    # the module (``paddleseg.core.predict`` as an attribute is the function)
+    predict_module = importlib.import_module("paddleseg.core.predict")
+    saved = predict_module.cv2, predict_module.progbar, visualize.get_pseudo_color_map
+    pseudo_color = visualize.get_pseudo_color_map
+    bar_open = []
+
+    class Progbar(progbar.Progbar):
+        def update(self, current, values=None, finalize=None):
+            super().update(current, values, finalize)
+            bar_open[:] = [self._total_width > 0 and self.target is not None
+                           and current < self.target and not finalize]
+
+    def checked_pseudo_color(*args, **kwargs):
+        return _CheckedImage(pseudo_color(*args, **kwargs))
+
+    predict_module.cv2 = _CheckedCv2(saved[0])
+    predict_module.progbar = types.SimpleNamespace(Progbar=Progbar)
+    visualize.get_pseudo_color_map = checked_pseudo_color
+    try:
+        yield
+    except BaseException:
+        if any(bar_open):
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+        raise
+    finally:
+        predict_module.cv2, predict_module.progbar, visualize.get_pseudo_color_map = saved
+
+
+def _check_written(outputs):
+    """After predict (one process writes them all): every output is there and not empty."""
+    import paddle
+    if paddle.distributed.get_world_size() > 1:
+        return
+    for path in outputs:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise UserError(f"predict did not write {path} (a write failure)")
 
 
 def cmd_predict(args):
@@ -337,7 +442,7 @@ def cmd_predict(args):
     except Exception as e:
         raise UserError(f"--image_path {args.image_path}: {one_line(e)}") from None
     image_list = _encodable(image_list, logger)
-    _check_predict_outputs(image_list, image_dir, args.save_dir)
+    outputs = _check_predict_outputs(image_list, image_dir, args.save_dir)
     for path in image_list:
         size = _image_size(path, "image")
         if min(size) < MIN_PREDICT_SIZE:
@@ -348,10 +453,15 @@ def cmd_predict(args):
     transforms = Compose(build(builder, "val_transforms"), img_channels=img_channels)
     logger.info(f"The number of images: {len(image_list)}")
     try:
-        predict(model, model_path=args.model_path, transforms=transforms, image_list=image_list,
-                image_dir=image_dir, save_dir=args.save_dir, **test_config)
+        with _checked_predict_writes():
+            predict(model, model_path=args.model_path, transforms=transforms,
+                    image_list=image_list, image_dir=image_dir, save_dir=args.save_dir,
+                    **test_config)
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"prediction failed: {one_line(e)}") from None
+    _check_written(outputs)
     print(f"overlays: {os.path.abspath(os.path.join(args.save_dir, 'added_prediction'))}")
     print(f"masks: {os.path.abspath(os.path.join(args.save_dir, 'pseudo_color_prediction'))}")
     return 0
