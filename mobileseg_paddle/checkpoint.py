@@ -8,13 +8,29 @@ for a state dict or an optimizer state (``ADMITTED``, like torch's ``weights_onl
 refuses the file otherwise; only then does ``paddle.load`` read those same bytes.
 
 Loading is strict: any missing or unexpected key, or any shape difference, is one error that
-names the keys, so a wrong file never half-loads silently."""
+names the keys, so a wrong file never half-loads silently.
 
+A URL is downloaded by ``download_weights`` into paddleseg's cache (``SEG_HOME``'s
+``pretrained_model/<name>/model.pdparams``, the layout of paddleseg's own downloader, so existing
+caches are found): to a temporary file, then renamed into place; an archive is extracted only
+when every member is a plain file or folder inside it (no absolute path, no ``..``, no link,
+no device file), into a temporary folder that is then renamed into place. paddleseg's own
+downloader (``download_pretrained_model``, and the extraction behind its dataset downloads)
+is replaced by these checked ones (``guard_paddleseg_loading``)."""
+
+import contextlib
 import io
 import os
 import pickle
 import re
+import shutil
+import stat
 import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from urllib.parse import unquote
 
 import paddle
 
@@ -90,22 +106,231 @@ PADDLESEG_LOADERS = ("paddleseg.utils.utils", "paddleseg.models.backbones.vision
 
 
 def guard_paddleseg_loading():
-    """Make paddleseg's own weight loading go through ``load_state`` (idempotent)."""
+    """Make paddleseg's own weight loading go through ``load_state``, its weight downloads
+    through ``download_weights`` and its archive extraction (dataset downloads) through the
+    member check (idempotent)."""
     import importlib
     for name in PADDLESEG_LOADERS:
         module = sys.modules.get(name) or importlib.import_module(name)
         if module.paddle is paddle:
             module.paddle = _PaddleWithSafeLoad()
+    import paddleseg.utils
+    import paddleseg.utils.download
+    import paddleseg.utils.utils
+    for module in (paddleseg.utils.utils, paddleseg.utils):  # the package re-exports it
+        module.download_pretrained_model = download_weights
+    paddleseg.utils.download._uncompress_file_tar = _checked_uncompress_tar
+    paddleseg.utils.download._uncompress_file_zip = _checked_uncompress_zip
+
+
+# ----------------------------------------------------------------------------------------------
+# Downloads
+
+ARCHIVE_SUFFIXES = ("tgz", "tar.gz", "tar", "zip")  # what paddleseg's downloader unpacks
+DOWNLOAD_TIMEOUT = 15  # seconds without data (paddleseg's)
+
+
+def _plain_name(name):
+    return name not in ("", ".", "..") and not re.search(r"[/\\\0]", name)
+
+
+def download_weights(url):
+    """Download ``url`` (a ``.pdparams``, or an archive holding ``model.pdparams``) into
+    paddleseg's cache unless it is there; return the local ``.pdparams`` path. paddleseg's
+    ``download_pretrained_model`` with its cache layout: ``<PRETRAINED_MODEL_HOME>/<the
+    archive's name before the first dot>/model.pdparams`` for an archive,
+    ``<PRETRAINED_MODEL_HOME>/<the URL's folder>/<file>`` otherwise. A hostile archive is one
+    ``UserError`` naming the URL and the member, and nothing of it is extracted."""
+    from paddleseg.utils.env import seg_env
+    if not re.match(r"^[a-z][a-z0-9+.-]*://[^/]", str(url), re.I):
+        raise UserError(f"cannot download weights from {url}: not a URL")
+    parts = unquote(str(url)).split("/")
+    if parts[-1].endswith(ARCHIVE_SUFFIXES):
+        folder, filename = parts[-1].split(".")[0], "model.pdparams"
+    else:
+        folder, filename = parts[-2], parts[-1]
+    if not (_plain_name(folder) and _plain_name(filename)):
+        raise UserError(f"cannot download weights from {url}: the URL names no file and folder "
+                        f"to cache it as (expected .../<folder>/<file>.pdparams or "
+                        f".../<name>.tar.gz)")
+    home = seg_env.PRETRAINED_MODEL_HOME
+    target_dir = os.path.join(home, folder)
+    target = os.path.join(target_dir, filename)
+    if os.path.isfile(target):
+        return target
+    os.makedirs(home, exist_ok=True)
+    with _folder_lock(home):  # several processes: one downloads, the others find the cache
+        if os.path.isfile(target):
+            return target
+        fd, tmp = tempfile.mkstemp(prefix=f".{folder}.download-", dir=home)
+        staging = None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                _fetch(url, f)
+            if tarfile.is_tarfile(tmp) or zipfile.is_zipfile(tmp):
+                staging = tempfile.mkdtemp(prefix=f".{folder}.extract-", dir=home)
+                _safe_extract(tmp, staging, url)
+                entries = os.listdir(staging)
+                root = staging
+                if len(entries) == 1 and os.path.isdir(os.path.join(staging, entries[0])):
+                    root = os.path.join(staging, entries[0])  # the archive's one top folder
+                if not os.path.isfile(os.path.join(root, filename)):
+                    raise UserError(f"cannot use weights from {url}: the archive holds no "
+                                    f"{filename} (in its top folder)")
+                if os.path.exists(target_dir):  # a folder without the file: add only the file
+                    os.replace(os.path.join(root, filename), target)
+                else:
+                    os.rename(root, target_dir)
+            elif parts[-1].endswith(ARCHIVE_SUFFIXES):
+                raise UserError(f"cannot use weights from {url}: not a tar or zip archive")
+            else:
+                os.makedirs(target_dir, exist_ok=True)
+                os.replace(tmp, target)
+        finally:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def _folder_lock(folder):
+    try:
+        import fcntl
+    except ImportError:  # no lock on Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fetch(url, out):
+    """Copy ``url``'s content to the file ``out``, with paddleseg's progress lines."""
+    import urllib.request
+    print(f"Connecting to {url}")
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as r:
+        total = r.headers.get("Content-Length")
+        total = int(total) if total and total.isdigit() and int(total) > 0 else None
+        done, shown = 0, 0.0
+        while True:
+            chunk = r.read(1 << 16)
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+            if total and time.time() - shown >= 0.1:
+                _progress(done, total)
+                shown = time.time()
+        if total:
+            _progress(done, total, end=True)
+            if done != total:
+                raise OSError(f"the download ended after {done} of {total} bytes")
+
+
+def _progress(done, total, end=False):
+    bar = int(50 * done / total)
+    sys.stdout.write(f"\r[{'=' * bar:<50}] {100 * done / total:.2f}%" + ("\n" if end else ""))
+    sys.stdout.flush()
+
+
+def _refused(archive, name, why):
+    return UserError(f"refusing the archive {archive}: its member {name!r} is {why} (a member "
+                     f"must be a plain file or folder inside the archive); nothing was "
+                     f"extracted")
+
+
+def _bad_path(name):
+    """Why the member path ``name`` would land outside the extraction folder, or None."""
+    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "an absolute path"
+    if ".." in re.split(r"[/\\]", name):
+        return "a path with '..'"
+    if "\0" in name:
+        return "a path with a NUL byte"
+    return None
+
+
+def _check_tar(archive, members):
+    for m in members:
+        why = _bad_path(m.name)
+        if why is None and not (m.isfile() or m.isdir()):
+            why = ("a symbolic link" if m.issym() else "a hard link" if m.islnk()
+                   else "a device file" if m.ischr() or m.isblk() else "a FIFO" if m.isfifo()
+                   else "not a plain file or folder")
+        if why:
+            raise _refused(archive, m.name, why)
+
+
+def _check_zip(archive, infos):
+    for info in infos:
+        why = _bad_path(info.filename)
+        kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no type recorded (a plain file)
+        if why is None and kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            why = "a symbolic link" if kind == stat.S_IFLNK else "not a plain file or folder"
+        if why:
+            raise _refused(archive, info.filename, why)
+
+
+_TAR_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+
+def _safe_extract(path, dest, source):
+    """Extract the tar or zip archive ``path`` (downloaded from ``source``) into ``dest`` after
+    checking every member; a hostile one is one ``UserError`` and nothing is extracted."""
+    if tarfile.is_tarfile(path):
+        with tarfile.open(path, "r:*") as t:
+            members = t.getmembers()
+            _check_tar(source, members)
+            try:
+                t.extractall(dest, members=members, **_TAR_FILTER)
+            except tarfile.TarError as e:  # the data filter's own refusal: the same rule
+                raise UserError(f"refusing the archive {source}: {e}") from None
+    else:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            _check_zip(source, infos)
+            z.extractall(dest)
+
+
+def _checked_uncompress_tar(filepath, extrapath, mode="r:gz"):
+    """paddleseg.utils.download._uncompress_file_tar (the same progress protocol) with every
+    member checked before anything is extracted."""
+    with tarfile.open(filepath, mode) as t:
+        members = t.getmembers()
+        _check_tar(filepath, members)
+        total, index, root = len(members), 0, members[0].name if members else ""
+        for index, member in enumerate(members):
+            t.extract(member, extrapath, **_TAR_FILTER)
+            yield total, index, root
+    yield total, index, root
+
+
+def _checked_uncompress_zip(filepath, extrapath):
+    """paddleseg.utils.download._uncompress_file_zip with every member checked first."""
+    with zipfile.ZipFile(filepath) as z:
+        infos = z.infolist()
+        _check_zip(filepath, infos)
+        total, index, root = len(infos), 0, infos[0].filename if infos else ""
+        for index, info in enumerate(infos):
+            z.extract(info, extrapath)
+            yield total, index, root
+    yield total, index, root
 
 
 def resolve_weights(path_or_url):
-    """Return a local ``.pdparams`` path for a file, a folder or a URL (downloaded and cached)."""
+    """Return a local ``.pdparams`` path for a file, a folder or a URL (downloaded and cached
+    by ``download_weights``)."""
     src = str(path_or_url)
     if re.match(r"^https?://", src):
-        # paddleseg's own downloader: same cache folder and archive handling as its configs
-        from paddleseg.utils.utils import download_pretrained_model
         try:
-            src = download_pretrained_model(src)
+            src = download_weights(src)
+        except UserError:
+            raise
         except Exception as e:  # network errors come in many types
             raise UserError(f"cannot download weights from {src}: "
                             f"{type(e).__name__}: {e}") from None
