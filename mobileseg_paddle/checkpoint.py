@@ -18,7 +18,6 @@ no device file), into a temporary folder that is then renamed into place. paddle
 downloader (``download_pretrained_model``, and the extraction behind its dataset downloads)
 is replaced by these checked ones (``guard_paddleseg_loading``)."""
 
-import contextlib
 import io
 import os
 import pickle
@@ -35,6 +34,7 @@ from urllib.parse import unquote
 import paddle
 
 from .errors import UserError
+from .fslock import folder_lock
 
 # Every (module, name) that paddle 3.3.1's ``paddle.save`` writes into a model state dict or an
 # optimizer state (accumulators, LR scheduler state, AMP O2 master weights), at protocols 2-4,
@@ -159,7 +159,7 @@ def download_weights(url):
     if os.path.isfile(target):
         return target
     os.makedirs(home, exist_ok=True)
-    with _folder_lock(home):  # several processes: one downloads, the others find the cache
+    with folder_lock(home):  # several processes: one downloads, the others find the cache
         if os.path.isfile(target):
             return target
         fd, tmp = tempfile.mkstemp(prefix=f".{folder}.download-", dir=home)
@@ -192,21 +192,6 @@ def download_weights(url):
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-@contextlib.contextmanager
-def _folder_lock(folder):
-    try:
-        import fcntl
-    except ImportError:  # no lock on Windows
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _fetch(url, out):

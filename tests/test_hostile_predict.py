@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import mobileseg_paddle.register  # noqa: F401  (registers the MSP_ components)
-from helpers import small_disk
+from helpers import digests, small_disk
 from helpers.train_helpers import config_dict, write_config
 from mobileseg_paddle import cli
 from mobileseg_paddle.builder import build_model
@@ -35,7 +35,7 @@ def setup(tmp_path, data):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(images / name)
     status, err = _predict(None, cfg, weights, images, tmp_path / "ok")
     assert status == 0, err
-    return cfg, weights, images, _files(tmp_path / "ok")
+    return cfg, weights, images, digests(tmp_path / "ok"), tmp_path / "ok"
 
 
 def _predict(capsys, cfg, weights, images, save_dir):
@@ -47,16 +47,6 @@ def _predict(capsys, cfg, weights, images, save_dir):
     # stderr without paddleseg's progress bar (its "1/2 [====>....] - ETA: 0s" line)
     err = [s for s in out.err.splitlines() if s.strip() and not PROGRESS.match(s)]
     return status, err, out.out, out.err
-
-
-def _files(folder):
-    out = {}
-    for d, _, names in os.walk(folder):
-        for n in names:
-            p = os.path.join(d, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, folder)] = f.read()
-    return out
 
 
 def _fill(disk, free_pages):
@@ -78,7 +68,7 @@ def _pages(n):
 
 def test_full_disk_from_the_first_overlay_is_one_error_and_writes_nothing(setup, tmp_path,
                                                                           capsys):
-    cfg, weights, images, _ = setup
+    cfg, weights, images, _, _ = setup
     with small_disk(tmp_path / "disk", "3m") as disk:
         _fill(disk, 2)  # 8 KB: not even one overlay
         status, err, out, _ = _predict(capsys, cfg, weights, images, disk / "out")
@@ -89,26 +79,26 @@ def test_full_disk_from_the_first_overlay_is_one_error_and_writes_nothing(setup,
         assert err[0] == (f"mobileseg predict: error: cannot write "
                           f"{disk / 'out' / 'added_prediction' / first}: No space left on "
                           f"device"), err
-        assert _files(disk / "out") == {}  # no 0-byte or partial image, no temporary file
+        assert digests(disk / "out") == {}  # no 0-byte or partial image, no temporary file
         assert "overlays:" not in out and "masks:" not in out  # nothing reported as written
 
 
 def test_disk_full_after_the_first_image_keeps_it_whole_and_names_the_second(setup, tmp_path,
                                                                              capsys):
-    cfg, weights, images, want = setup
+    cfg, weights, images, want, ok = setup
     from paddleseg.utils import get_image_list
     first, second = [os.path.basename(p) for p in get_image_list(str(images))[0]]
-    room = (_pages(len(want[f"added_prediction/{first}"]))
-            + _pages(len(want[f"pseudo_color_prediction/{first}"])))
+    room = (_pages(os.path.getsize(ok / "added_prediction" / first))
+            + _pages(os.path.getsize(ok / "pseudo_color_prediction" / first)))
     with small_disk(tmp_path / "disk", "3m") as disk:
         # the first image's two files fit, the second's overlay does not
-        _fill(disk, room + _pages(len(want[f"added_prediction/{second}"])) - 1)
+        _fill(disk, room + _pages(os.path.getsize(ok / "added_prediction" / second)) - 1)
         status, err, out, raw_err = _predict(capsys, cfg, weights, images, disk / "out")
         assert status == 2 and len(err) == 1, err
         assert err[0] == (f"mobileseg predict: error: cannot write "
                           f"{disk / 'out' / 'added_prediction' / second}: No space left on "
                           f"device"), err
-        got = _files(disk / "out")
+        got = digests(disk / "out")
         assert got == {k: v for k, v in want.items() if k.endswith(first)}  # whole, as on a
         # normal disk; nothing of the second image, no temporary file
         Image.open(disk / "out" / "added_prediction" / first).load()

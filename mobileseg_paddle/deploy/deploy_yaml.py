@@ -12,12 +12,8 @@ import os
 import numpy as np
 import yaml
 
-try:
-    import fcntl
-except ImportError:  # not on Windows: no lock there
-    fcntl = None
-
 from mobileseg_paddle.errors import UserError
+from mobileseg_paddle.fslock import folder_lock
 
 FILENAME = "deploy.yaml"
 # present while an export replaces the files of an earlier one in the same folder: the journal
@@ -252,19 +248,11 @@ def recover(folder):
 
 @contextlib.contextmanager
 def export_lock(folder):
-    """One export (or recovery) at a time in the folder that holds ``folder``: an exclusive
-    flock on that parent folder itself, which leaves no file behind."""
+    """One export (or recovery) at a time in the folder that holds ``folder``."""
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
-    if fcntl is None:
+    with folder_lock(parent):
         yield
-        return
-    fd = os.open(parent, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _interrupted(folder):
