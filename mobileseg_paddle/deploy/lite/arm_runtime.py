@@ -73,7 +73,7 @@ LISTS = (".tailored_ops_list", ".tailored_ops_source_list", ".tailored_kernels_l
          ".tailored_kernels_source_list")
 FP16_EXTRA_KERNEL = ("conv_depthwise_common,kARM,kFP16,kNCHW,def", "conv_depthwise_common.cc")
 TARGET = "tiny_publish_cxx_lib"  # libpaddle_light_api_shared.so, stripped, + headers
-NDK_ENV = "ANDROID_NDK"  # set: build for Android (arm64-v8a) with that NDK instead
+NDK_ENV = "ANDROID_NDK"  # the command line's default NDK (build_runtime itself never reads it)
 LIB_NAME = "libpaddle_light_api_shared.so"
 STAMP = "runtime.json"
 CROSS = ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++")
@@ -302,7 +302,7 @@ def _key(identity, tailoring, fp16, tag, ndk=None):
 
 def _check_tools(ndk=None):
     if ndk and not os.path.isfile(os.path.join(ndk, "build", "cmake", "android.toolchain.cmake")):
-        raise UserError(f"{NDK_ENV}={ndk}: not an Android NDK (no build/cmake/"
+        raise UserError(f"--android_ndk {ndk}: not an Android NDK (no build/cmake/"
                         f"android.toolchain.cmake)")
     missing = [t for t in ((() if ndk else CROSS) + ("cmake",)) if not shutil.which(t)]
     if missing:
@@ -438,11 +438,10 @@ def build_runtime(source=None, models=None, fp16=True, cache_dir=None, jobs=None
     folders) of opt's tailoring lists (see ``read_tailor_dir``). ``fp16``: include the ARMv8.2
     FP16 kernels (the library then needs an FP16-capable core). Returns {"lib", "include",
     "version", "key", "cached", "seconds" (this call), "build_seconds", "size_bytes",
-    "cmake_options", "kernels", "os"}. ``ndk``: an Android NDK folder (default
-    ``$ANDROID_NDK``) builds for Android arm64-v8a instead of armv8 Linux (not tried here: no
-    NDK on this machine)."""
+    "cmake_options", "kernels", "os"}. ``ndk``: an Android NDK folder builds for
+    Android arm64-v8a instead of armv8 Linux (not tried here: no NDK on this machine); only the
+    command line falls back to ``$ANDROID_NDK``, so that ``check`` never builds for Android."""
     t0 = time.monotonic()
-    ndk = ndk or os.environ.get(NDK_ENV) or None
     ndk = ndk and os.path.abspath(ndk)
     source = os.path.abspath(source or default_source())
     if not os.path.exists(source):
@@ -525,8 +524,9 @@ def _parser():
                                                    "(default: the five configs' kernels)")
     p.add_argument("--jobs", type=int, help="parallel compile jobs (default: all cores)")
     p.add_argument("--cache_dir", help="cache folder (default: ~/.cache/mobileseg/lite-arm)")
-    p.add_argument("--android_ndk", help=f"an Android NDK folder: build for Android arm64-v8a "
-                                         f"(default: ${NDK_ENV}; untested here)")
+    p.add_argument("--android_ndk", default=os.environ.get(NDK_ENV) or None,
+                   help=f"an Android NDK folder: build for Android arm64-v8a (default: "
+                        f"${NDK_ENV}; untested here)")
     p.add_argument("--record", nargs="+", metavar=("OUT", "MODEL_DIR"),
                    help="record opt's tailoring lists of converted model folders into OUT "
                         "and print them in arm_kernels.txt's format; builds nothing")

@@ -99,3 +99,16 @@ def test_failed_build_names_its_log(tmp_path):
     assert os.path.isfile(log) and "deliberately broken" in open(log).read()
     assert [p.name for p in cache.iterdir() if not p.name.startswith(("failed-", "."))] == []
     assert not [p for p in cache.iterdir() if ".partial-" in p.name]
+
+
+def test_android_is_build_android_options_and_only_on_request(monkeypatch, tmp_path, capsys):
+    """--android_ndk / $ANDROID_NDK: build_android.sh's options (not built here: no NDK); the
+    library functions never read $ANDROID_NDK, so `lite check` keeps building for armv8 Linux."""
+    linux, android = arm_runtime.cmake_options("T"), arm_runtime.cmake_options("T", ndk="/ndk")
+    assert {"-DARM_TARGET_OS=armlinux", "-DARM_TARGET_LANG=gcc"} <= set(linux)
+    assert {"-DARM_TARGET_OS=android", "-DARM_TARGET_LANG=clang", "-DANDROID_NDK=/ndk",
+            "-DANDROID_STL_TYPE=c++_static", "-DLITE_WITH_JAVA=OFF"} <= set(android)
+    monkeypatch.setenv(arm_runtime.NDK_ENV, str(tmp_path))  # not an NDK
+    assert arm_runtime.main(["--source", RUN_NB, "--cache_dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--android_ndk {tmp_path}: not an Android NDK" in err
