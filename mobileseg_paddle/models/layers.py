@@ -97,9 +97,8 @@ class SeparableConvBNReLU(nn.Layer):
 
 def spatial_size(x):
     """H and W of ``x`` (N, C, H, W): Python ints where they are fixed (dygraph, a fixed-size
-    export, where they become attributes), else a tensor (a dynamic-size export). Lite 2.13's ARM
-    FP16 program crashes on interpolations whose size is a tensor (Lite-HRNet-18), and the
-    shape/slice/cast ops that compute it are work on a phone."""
+    export, where they become attributes), else a tensor (a dynamic-size export). A fixed-size
+    program (Lite's) then has no shape/slice/cast ops computing sizes at run time."""
     size = list(x.shape[2:])
     if all(isinstance(d, int) and d > 0 for d in size):
         return size
