@@ -6,21 +6,27 @@ import os
 import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def missing(message):
+    """A test without a part of its set-up (a tool, ../shared, root): skipped, failed when
+    CI=true (CI must run every test)."""
+    import pytest
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @contextlib.contextmanager
 def small_disk(folder, size):
     """A tmpfs of ``size`` (e.g. "64k") mounted on ``folder`` for the duration: a full disk,
     for real. Needs root: skipped without it, failed when CI=true."""
-    import pytest
-
     os.makedirs(folder, exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"cannot mount a small tmpfs in CI: {mounted.stderr.strip()}")
-        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.strip()}")
+        missing(f"cannot mount a small tmpfs (needs root): {mounted.stderr.strip()}")
     try:
         yield folder
     finally:

@@ -9,19 +9,10 @@ import shutil
 import subprocess
 import tempfile
 
-import pytest
+from helpers import ROOT, missing
 
-from helpers import ROOT
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
 POISON_SOURCE = os.path.join(ROOT, "tests", "cpp", "poison_malloc.c")
 CROSS_CC = "aarch64-linux-gnu-gcc"
-
-
-def _missing(message):
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,7 +37,7 @@ def require_arm():
     """{"runtime" (build_runtime's dict), "runner" (run_nb path), "qemu", "poison"}."""
     arm, why = _arm()
     if arm is None:
-        _missing(why)
+        missing(why)
     return arm
 
 

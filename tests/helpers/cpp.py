@@ -6,14 +6,11 @@ import os
 import shutil
 import subprocess
 
-import pytest
-
-from helpers import ROOT
+from helpers import ROOT, missing
 
 CPP_DIR = os.path.join(ROOT, "deploy", "lite", "cpp")
 ANDROID_DIR = os.path.join(ROOT, "deploy", "lite", "android")
 STUB_DIR = os.path.join(ROOT, "tests", "cpp", "lite_stub")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 TARGETS = ("host", "aarch64")
 
 _builds = {}  # target -> (runner argv prefix, build dir): the test modules share one build
@@ -37,15 +34,9 @@ def tool(tmp_path_factory, target, name):
     return [*runner, str(build_dir / name)]
 
 
-def _missing(message):
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def _build(tmp_path_factory, target):
     if not shutil.which("cmake") or not any(map(shutil.which, ("c++", "g++", "clang++"))):
-        _missing("the C++ tests need cmake and a C++ compiler")
+        missing("the C++ tests need cmake and a C++ compiler")
     if target == "host":
         build_dir = tmp_path_factory.mktemp("prepost_host")
         cmake_build(CPP_DIR, build_dir)
@@ -53,7 +44,7 @@ def _build(tmp_path_factory, target):
     assert target == "aarch64", target
     tools = [shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64-static")]
     if not all(tools):
-        _missing("aarch64 cross build needs g++-aarch64-linux-gnu and qemu-user-static")
+        missing("aarch64 cross build needs g++-aarch64-linux-gnu and qemu-user-static")
     build_dir = tmp_path_factory.mktemp("prepost_arm")
     cmake_build(CPP_DIR, build_dir, [
         "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",

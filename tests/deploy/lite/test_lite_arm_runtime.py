@@ -7,12 +7,11 @@ FP16) and test_lite_arm.py. Without the vendored tarball, the cross compiler or 
 are skipped, and fail when CI=true."""
 
 import os
-import shutil
 
 import pytest
 
 from helpers import ROOT
-from helpers.cpp import IN_CI
+from helpers.arm import require_arm
 from mobileseg_paddle.deploy.lite import arm_runtime
 from mobileseg_paddle.errors import UserError
 
@@ -21,30 +20,10 @@ pytestmark = pytest.mark.lite
 RUN_NB = os.path.join(ROOT, "deploy", "lite", "cpp", "tools", "run_nb.cc")
 
 
-def _missing(message):
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _tools():
-    tools = {t: shutil.which(t) for t in ("aarch64-linux-gnu-g++", "qemu-aarch64-static", "cmake")}
-    absent = [t for t, p in tools.items() if not p]
-    if absent:
-        _missing(f"the ARM runtime build needs {', '.join(absent)} (g++-aarch64-linux-gnu, "
-                 f"qemu-user-static, cmake)")
-    return tools
-
-
 @pytest.fixture(scope="module")
 def runtime():
     """The default runtime (FP16 kernels, our five configs' kernels), built once and cached."""
-    _tools()
-    try:
-        arm_runtime.default_source()
-    except UserError as e:
-        _missing(str(e))
-    return arm_runtime.build_runtime()
+    return require_arm()["runtime"]
 
 
 def test_build_result_and_cache(runtime):
@@ -84,7 +63,7 @@ def test_bad_tailor_dir(tmp_path):
 
 def test_failed_build_names_its_log(tmp_path):
     """A real configure failure: one UserError line naming the kept log, no cache entry."""
-    _tools()
+    require_arm()  # the cross compiler and cmake
     src = tmp_path / "src"
     (src / "lite" / "tools").mkdir(parents=True)
     (src / "lite" / "tools" / "build_linux.sh").write_text("")
