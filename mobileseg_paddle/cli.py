@@ -318,25 +318,9 @@ def _check_predict_outputs(image_list, image_dir, save_dir):
     return list(seen)
 
 
-def _write_output(path, data):
-    """Write ``data`` to a temporary file beside ``path`` and rename it over: a full disk or a
-    kill never leaves a truncated image under the final name. One error naming the file."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-
-
 class _CheckedCv2:
-    """``cv2`` as paddleseg's predict sees it: ``imwrite`` encodes in memory and writes through
-    ``_write_output`` (cv2's own returns False on a write error, which predict ignores, and
-    leaves a partial file)."""
+    """``cv2`` as paddleseg's predict sees it: ``imwrite`` is infer's ``write_image`` (cv2's own
+    returns False on a write error, which predict ignores, and leaves a partial file)."""
 
     def __init__(self, cv2):
         self._cv2 = cv2
@@ -345,15 +329,13 @@ class _CheckedCv2:
         return getattr(self._cv2, name)
 
     def imwrite(self, path, img, params=()):
-        ok, data = self._cv2.imencode(os.path.splitext(path)[1], img, list(params))
-        if not ok:
-            raise UserError(f"cannot encode {path}")
-        _write_output(path, data.tobytes())
+        from mobileseg_paddle.deploy.infer import write_image
+        write_image(path, img, params)
         return True
 
 
 class _CheckedImage:
-    """A PIL image whose ``save(path)`` encodes in memory and writes through ``_write_output``
+    """A PIL image whose ``save(path)`` encodes in memory and writes through ``write_bytes``
     (PIL's own leaves a truncated file when the disk is full)."""
 
     def __init__(self, image):
@@ -370,7 +352,8 @@ class _CheckedImage:
         fmt = format or Image.registered_extensions().get(os.path.splitext(path)[1].lower())
         buf = io.BytesIO()
         self._image.save(buf, format=fmt, **params)
-        _write_output(path, buf.getvalue())
+        from mobileseg_paddle.deploy.infer import write_bytes
+        write_bytes(path, buf.getvalue())
 
 
 @contextlib.contextmanager

@@ -284,20 +284,25 @@ def prepare_output_dir(save_dir):
                         f"{e.strerror or type(e).__name__}") from None
 
 
-def write_image(path, img):
-    """Encode in memory, write a temporary file beside ``path``, rename it over: a full disk
-    or a kill never leaves a truncated image under the final name."""
-    ok, data = cv2.imencode(os.path.splitext(path)[1], img)
+def write_image(path, img, params=()):
+    """``cv2.imwrite`` that fails loudly: encode in memory, then ``write_bytes``."""
+    ok, data = cv2.imencode(os.path.splitext(path)[1], img, list(params))
     if not ok:
         raise UserError(f"cannot encode {path}")
+    write_bytes(path, data.tobytes())
+
+
+def write_bytes(path, data):
+    """Write a temporary file beside ``path`` and rename it over: a full disk or a kill never
+    leaves a truncated file under the final name. One error naming the file."""
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(tmp, "wb") as f:
-            f.write(data.tobytes())
+            f.write(data)
         os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
