@@ -5,11 +5,20 @@ raises ``UserError`` with a message that names the file or field and what was ex
 command line prints it as ``mobileseg <command>: error: <one line>`` and exits with status 2.
 Imports nothing heavy: the onnxruntime side uses it without paddle."""
 
+import argparse
+
 EXIT_BAD_INPUT = 2
 
 
 class UserError(ValueError):
     """A failure the user can act on; ``str(e)`` is the line shown."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's own errors (a missing flag ...) as a ``UserError``: one line, as every other."""
+
+    def error(self, message):
+        raise UserError(message)
 
 
 class EvaluationFailed(UserError):

@@ -19,16 +19,9 @@ mobileseg commands).
 import argparse
 import sys
 
-from mobileseg_paddle.errors import UserError, run_main
+from mobileseg_paddle.errors import ArgumentParser, run_main
 
 COMMANDS = ("convert", "segment", "bench", "build-runtime", "check")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse's own errors (a missing flag ...) as a UserError: one line, as every other."""
-
-    def error(self, message):
-        raise UserError(message)
 
 
 def add_convert_args(parser):
@@ -50,7 +43,7 @@ def add_convert_args(parser):
 
 
 def build_parser():
-    parser = _Parser(prog="mobileseg lite", description=__doc__,
+    parser = ArgumentParser(prog="mobileseg lite", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     add_convert_args(sub.add_parser("convert", help="checkpoint -> .nb + manifest.json"))

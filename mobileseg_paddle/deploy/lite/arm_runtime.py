@@ -62,7 +62,7 @@ import threading
 import time
 
 from mobileseg_paddle import resources
-from mobileseg_paddle.errors import UserError, run_main
+from mobileseg_paddle.errors import ArgumentParser, UserError, run_main
 
 VERSION = "v2.13-rc"
 SOURCE_ENV = "MOBILESEG_LITE_SOURCE"
@@ -508,13 +508,8 @@ def _build_entry(source, tailoring, fp16, tag, jobs, root, key, log, t0, ndk=Non
 
 # --- command line ----------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
 def _parser():
-    p = _Parser(prog="mobileseg lite build-runtime", description=__doc__,
+    p = ArgumentParser(prog="mobileseg lite build-runtime", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", help=f"Paddle Lite source .tar.gz or folder (default: "
                                     f"${SOURCE_ENV}, else {DEFAULT_SOURCE})")
