@@ -94,7 +94,8 @@ def export_stages(config_path, work, seed):
     ours, _, _ = build_pair(config_path, seed)
     paddle_dir = os.path.dirname(export(config_path, os.path.join(work, "paddle"),
                                         input_shape=[-1, 3, -1, -1], output_op="argmax",
-                                        fmt="paddle", program="legacy", model=ours))
+                                        fmt="paddle", program="legacy", model=ours,
+                                        engine="onednn"))
     onnx_dir = os.path.dirname(export(config_path, os.path.join(work, "onnx"), input_shape=SHAPE,
                                       output_op="argmax", fmt="onnx", model=ours))
     onnx_small = os.path.dirname(export(config_path, os.path.join(work, "onnx_small"),
@@ -207,7 +208,7 @@ def _profile_worker(deploy_dir, threads, runs):
 
 def _verbose_worker(deploy_dir, threads, runs):
     runner = create_runner(DeployConfig(os.path.join(deploy_dir, "deploy.yaml")), "paddle",
-                           PredictorOptions(cpu_threads=int(threads)))
+                           PredictorOptions(engine="onednn", cpu_threads=int(threads)))
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     for _ in range(5):
         runner(x)

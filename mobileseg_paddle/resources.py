@@ -33,3 +33,14 @@ def child_env(env=None, **extra):
     env = dict(os.environ if env is None else env, **extra)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [IMPORT_ROOT, env.get("PYTHONPATH")]))
     return env
+
+
+def cache_dir(*parts):
+    """This user's cache folder of mobileseg ($MOBILESEG_CACHE, else $XDG_CACHE_HOME or ~/.cache,
+    then /mobileseg), or a folder inside it: what is built or compiled once (the Lite root, the
+    ARM runtime, OpenVINO's compiled models) goes here, never into the working directory."""
+    root = os.environ.get("MOBILESEG_CACHE")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "mobileseg")
+    return os.path.join(os.path.abspath(root), *parts)

@@ -12,11 +12,18 @@ runs in its own process; the backends of one model take turns (``--turns`` times
 ``--runs_per_turn`` timed runs each, after one untimed run), so a change of machine load hits
 them alike. Reports the median and spread (p10-p90) of the timed runs and the machine (CPU,
 ISA, load average at start and end), prints a markdown table shaped like the published one,
-writes a JSON and a PNG of FPS per model.
+writes a JSON and a PNG of FPS per model. Speed ratios between two backends are the median of
+their per-turn ratios. On the CPU presets it also measures this machine's float32
+matrix-product rate (sgemm, same thread count, in turns like the backends) and prints each
+model's floor: its FLOPs (2 x ``paddle.flops``' multiply-accumulates at the bench shape) over
+that rate.
 
 Backends:
-  paddle           ours, Paddle Inference, CPU with oneDNN (our defaults)
-  paddle_nomkldnn  ours, Paddle Inference, CPU without oneDNN
+  paddle           ours, Paddle Inference, our default configuration (the engine the export
+                   measured fastest and recorded in deploy.yaml: ``--engine auto``)
+  paddle_onednn    ours, Paddle Inference, CPU with oneDNN
+  paddle_openvino  ours, Paddle Inference, CPU with its bundled OpenVINO engine
+  paddle_nomkldnn  ours, Paddle Inference, CPU with Paddle's plain kernels (no oneDNN)
   onnxruntime      ours, ONNX export, onnxruntime CPU
   official         paddleseg's export, Paddle Inference CPU: with oneDNN if it runs (on Paddle
                    3.3.1 it fails, which is recorded) else without
@@ -62,10 +69,16 @@ PRESETS = {
                 backends=["paddle", "onnxruntime", "official"],
                 note="this CPU, 1x3x512x1024, all cores"),
 }
-BACKENDS = ("paddle", "paddle_nomkldnn", "onnxruntime", "official", "official_ort", "paddle_trt")
+BACKENDS = ("paddle", "paddle_onednn", "paddle_openvino", "paddle_nomkldnn", "onnxruntime",
+            "official", "official_ort", "paddle_trt")
+# ours on Paddle Inference with one engine fixed (``paddle`` takes the export's recorded one)
+ENGINE_BACKENDS = {"paddle_onednn": "onednn", "paddle_openvino": "openvino",
+                   "paddle_nomkldnn": "plain"}
 LABELS = {
-    "paddle": "ours: Paddle Inference (oneDNN)",
-    "paddle_nomkldnn": "ours: Paddle Inference (no oneDNN)",
+    "paddle": "ours: Paddle Inference (default engine)",
+    "paddle_onednn": "ours: Paddle Inference (oneDNN)",
+    "paddle_openvino": "ours: Paddle Inference (OpenVINO)",
+    "paddle_nomkldnn": "ours: Paddle Inference (plain kernels)",
     "onnxruntime": "ours: onnxruntime",
     "official": "paddleseg export: Paddle Inference",
     "official_ort": "paddleseg export: onnxruntime",
@@ -175,6 +188,7 @@ class Worker:
 
 
 _TAG = "@@bench "
+SETTLE_S = 0.3  # idle time before each worker's turn
 
 
 def make_runner(spec):
@@ -191,7 +205,38 @@ def make_runner(spec):
     if kind == "raw_onnx":
         return create_runner(ModelFiles.from_onnx(spec["path"]), "onnxruntime",
                              PredictorOptions(cpu_threads=threads))
+    if kind == "files":  # a program and its parameters, set up as ``options`` say
+        files = ModelFiles.from_paddle(spec["program"], spec["params"])
+        return create_runner(files, "paddle", PredictorOptions(
+            **dict(spec.get("options", {}), cpu_threads=threads)))
+    if kind == "sgemm":
+        return sgemm_runner(spec["n"], threads)
     raise ValueError(kind)
+
+
+SGEMM_N = 2048  # square float32 matrix product timed for the floor: large enough for peak rate
+
+
+def sgemm_runner(n, threads):
+    """A callable that multiplies two n x n float32 matrices with onnxruntime's MatMul (its
+    MLAS sgemm, at ``threads`` threads like the models), ignoring its argument."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+        [onnx.numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    return lambda _x: sess.run(None, {"a": a})[0]
 
 
 def worker_main(spec_json):
@@ -236,8 +281,8 @@ def worker_main(spec_json):
 
 def time_in_turns(specs, blocks, per_block, work_dir, log=print):
     """Start a worker per spec, then ``blocks`` times let each worker time ``per_block`` runs
-    in turn (so load changes hit all alike). Returns ({name: [seconds]}, {name: output},
-    {name: error line})."""
+    in turn (so load changes hit all alike). Returns ({name: [[seconds of one turn], ...]},
+    {name: output}, {name: error line})."""
     workers, errors, times, outs = {}, {}, {}, {}
     try:
         for name, spec in specs.items():
@@ -251,12 +296,17 @@ def time_in_turns(specs, blocks, per_block, work_dir, log=print):
                 w.close()
         for _ in range(blocks):
             for name, w in list(workers.items()):
+                # the previous worker's OpenMP threads spin for about 0.1 s after its runs:
+                # OpenMP's barriers suffer most from a core taken away (oneDNN, plain kernels)
+                time.sleep(SETTLE_S)
                 try:
-                    times[name] += w.ask(f"run {per_block}")["times"]
+                    times[name].append(w.ask(f"run {per_block}")["times"])
                 except RuntimeError as e:
                     errors[name] = one_line(e)
                     workers.pop(name).close()
         for name, w in workers.items():
+            if specs[name]["kind"] == "sgemm":
+                continue
             path = os.path.join(work_dir, f"output-{name}.npy")
             w.ask(f"save {path}")
             outs[name] = np.load(path)
@@ -362,16 +412,21 @@ def bench_model(name, config_path, args, work_dir, log=print):
     backbone = cfg.dic["model"]["backbone"]["type"].replace("MSP_", "")
     mdir = os.path.join(work_dir, name)
     common = {"threads": threads, "shape": shape, "seed": args.seed, "warmup": args.warmup}
-    specs, notes = {}, {}
-    if {"paddle", "paddle_nomkldnn", "paddle_trt"} & set(want):
+    specs, notes, engine_note = {}, {}, None
+    if {"paddle", "paddle_trt", *ENGINE_BACKENDS} & set(want):
+        # the default export, which measures its engines at the bench shape and threads
         d = os.path.dirname(export(config_path, os.path.join(mdir, "paddle"),
                                    input_shape=paddle_shape, output_op="argmax", fmt="paddle",
-                                   program="legacy", model=ours))
+                                   program="legacy", model=ours, engine="auto",
+                                   tune_shape=shape[2:], tune_threads=threads))
+        engine_note = DeployConfig(d).engine
+        # OpenVINO compiles into the work folder, not the user's cache (exports here are temporary)
+        cache = {"openvino_cache_dir": os.path.join(mdir, "openvino_cache")}
         if "paddle" in want:
-            specs["paddle"] = dict(common, kind="deploy", path=d)
-        if "paddle_nomkldnn" in want:
-            specs["paddle_nomkldnn"] = dict(common, kind="deploy", path=d,
-                                            options={"enable_mkldnn": False})
+            specs["paddle"] = dict(common, kind="deploy", path=d, options=cache)
+        for b, engine in ENGINE_BACKENDS.items():
+            if b in want:
+                specs[b] = dict(common, kind="deploy", path=d, options=dict(cache, engine=engine))
         if "paddle_trt" in want:
             specs["paddle_trt"] = dict(common, kind="deploy", path=d, options=dict(
                 device="gpu", use_trt=True, precision="fp32", max_batch_size=shape[0],
@@ -388,8 +443,19 @@ def bench_model(name, config_path, args, work_dir, log=print):
     if "official_ort" in want:
         od = export_official(theirs, os.path.join(mdir, "official_onnx"), shape, fmt="onnx")
         specs["official_ort"] = dict(common, kind="raw_onnx", path=os.path.join(od, "model.onnx"))
-    log(f"  exported in {time.time() - t0:.0f} s; timing {list(specs)} ({args.warmup} warm-up "
-        f"runs, {args.blocks} turns of {args.per_block} runs, {threads} threads)")
+    flops = None
+    if args.floor:
+        import contextlib
+        import io
+
+        import paddle
+        with contextlib.redirect_stdout(io.StringIO()):  # its per-layer-type notes
+            flops = 2 * int(paddle.flops(ours, shape, print_detail=False))
+        specs["sgemm"] = dict(common, kind="sgemm", n=SGEMM_N, shape=[1], warmup=2)
+    log(f"  exported in {time.time() - t0:.0f} s" +
+        (f" (default engine measured: {engine_note})" if engine_note else "") +
+        f"; timing {list(specs)} ({args.warmup} warm-up runs, {args.blocks} turns of "
+        f"{args.per_block} runs, {threads} threads)")
 
     if "official" in specs:
         # paddleseg's export as its users run it: with oneDNN if that works, else without
@@ -400,23 +466,44 @@ def bench_model(name, config_path, args, work_dir, log=print):
             specs["official"] = dict(specs["official"], mkldnn=False)
         else:
             notes["official"] = "on"
-    times, outs, errors = time_in_turns(specs, args.blocks, args.per_block, mdir)
+    turns, outs, errors = time_in_turns(specs, args.blocks, args.per_block, mdir)
+    floor = None
+    if "sgemm" in turns and "sgemm" not in errors:
+        rate = 2 * SGEMM_N ** 3 / np.median([t for turn in turns.pop("sgemm") for t in turn])
+        floor = {"flops": flops, "sgemm_gflops": rate / 1e9, "floor_ms": flops / rate * 1e3}
     ref = outs.get("paddle")
     rows = []
     for b in specs:
+        if b == "sgemm":
+            continue
         row = {"model": name, "backbone": backbone, "backend": b, "label": LABELS[b],
                "input_shape": shape, "threads": threads,
                "export_shape": shape if b in ("onnxruntime", "official_ort") else paddle_shape}
         if b in notes:
             row["onednn"] = notes[b]
+        if b == "paddle" and engine_note:
+            row["engine"] = engine_note
+        if floor:
+            row.update(floor)
         if b in errors:
             row.update(status="failed", error=errors[b])
         else:
-            row.update(status="ok", **summarize(times[b]))
+            row.update(status="ok", turn_medians_ms=[float(np.median(t)) * 1e3
+                                                     for t in turns[b]],
+                       **summarize([t for turn in turns[b] for t in turn]))
             if ref is not None and b != "paddle" and b in outs and outs[b].shape == ref.shape:
                 row["label_agreement_with_paddle"] = float((outs[b] == ref).mean())
         rows.append(row)
     return rows
+
+
+def speed_ratio(slow, fast):
+    """Median over turns of ``slow``'s median time / ``fast``'s (rows of one model): how many
+    times faster ``fast`` ran, from side-by-side turns."""
+    a, b = slow.get("turn_medians_ms"), fast.get("turn_medians_ms")
+    if a and b and len(a) == len(b):
+        return float(np.median(np.asarray(a) / np.asarray(b)))
+    return slow["median_ms"] / fast["median_ms"]
 
 
 def _input(shape, seed):
@@ -450,12 +537,17 @@ def format_table(rows, machine, protocol):
              f"{machine.get('load_average_end', [float('nan')])[0]:.2f} at end; "
              + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()), ""]
     published = PUBLISHED_COLUMN.get(protocol.get("preset"))
+    if published and list(protocol["input_shape"]) != PRESETS[protocol["preset"]]["input_shape"]:
+        published = None  # the published figures are for the preset's shape only
     head = ["Model", "Backbone"] + ([published[1]] if published else []) + [
         f"{LABELS[b]} FPS (ms)" for b in backends]
     if "paddle" in backends and "official" in backends:
         head.append("ours / paddleseg export speed")
     if "paddle" in backends and "onnxruntime" in backends:
         head.append("Paddle Inference / onnxruntime speed")
+    has_floor = any(r.get("floor_ms") for r in rows)
+    if has_floor:
+        head += ["GFLOP", "floor ms (FLOPs / sgemm)", "Paddle Inference / floor"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     models = list(dict.fromkeys(r["model"] for r in rows))
     for m in models:
@@ -477,8 +569,28 @@ def format_table(rows, machine, protocol):
             if a in backends and b in backends:
                 ra, rb = by.get(a), by.get(b)
                 ok = ra and rb and ra["status"] == "ok" and rb["status"] == "ok"
-                cells.append(f"{rb['median_ms'] / ra['median_ms']:.2f}x" if ok else "-")
+                cells.append(f"{speed_ratio(rb, ra):.2f}x" if ok else "-")
+        if has_floor:
+            any_row = next(iter(by.values()))
+            pr = by.get("paddle")
+            if any_row.get("floor_ms"):
+                cells += [f"{any_row['flops'] / 1e9:.2f}", f"{any_row['floor_ms']:.1f}",
+                          f"{pr['median_ms'] / any_row['floor_ms']:.2f}x"
+                          if pr and pr["status"] == "ok" else "-"]
+            else:
+                cells += ["-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
+    engines = {r["model"]: r["engine"] for r in rows if r.get("engine")}
+    if engines:
+        lines.append("")
+        lines.append("Default engine recorded by each export (measured at this shape and "
+                     "thread count): " + ", ".join(f"{m} {e}" for m, e in engines.items()))
+    floors = [r for r in rows if r.get("sgemm_gflops")]
+    if floors:
+        rates = [r["sgemm_gflops"] for r in floors]
+        lines.append(f"float32 matrix product (onnxruntime MatMul {SGEMM_N}x{SGEMM_N}, "
+                     f"{floors[0]['threads']} threads): {min(rates):.0f}-{max(rates):.0f} "
+                     f"GFLOP/s over the run")
     notes = [r for r in rows if r.get("onednn")]
     if notes:
         lines.append("")
@@ -540,6 +652,9 @@ def build_parser():
     p.add_argument("--save_json", default="bench_results.json")
     p.add_argument("--save_png", default="bench_fps.png")
     p.add_argument("--save_table", default=None, help="also write the table (markdown)")
+    p.add_argument("--floor", default=None, choices=("on", "off"),
+                   help="measure the float32 matrix-product rate and print each model's floor "
+                        "(default: on for CPU presets)")
     return p
 
 
@@ -551,11 +666,27 @@ def main(argv=None):
     return run_main("bench", lambda: _run(args))
 
 
+def protocol_note(args, preset):
+    """The preset's description, or what was overridden: a custom shape or thread count is not
+    the published protocol."""
+    custom = []
+    if list(args.input_shape) != preset["input_shape"]:
+        custom.append(f"input {'x'.join(map(str, args.input_shape))}")
+    if args.threads != preset["threads"]:
+        custom.append(f"{args.threads or cpu_count()} threads")
+    if not custom:
+        return preset["note"]
+    return (f"{args.preset} preset with {' and '.join(custom)} (not the preset's "
+            f"{'x'.join(map(str, preset['input_shape']))}, "
+            f"{preset['threads'] or 'all'} threads)")
+
+
 def _run(args):
     args.blocks, args.per_block = args.turns, args.runs_per_turn
     preset = PRESETS[args.preset]
     args.input_shape = args.input_shape or preset["input_shape"]
     args.threads = preset["threads"] if args.threads is None else args.threads
+    args.floor = (args.floor or ("on" if preset["device"] == "cpu" else "off")) == "on"
     args.backends = args.backends.split(",") if args.backends else preset["backends"]
     bad = [b for b in args.backends if b not in BACKENDS]
     if bad:
@@ -568,12 +699,16 @@ def _run(args):
         check_device(PredictorOptions(device="gpu", use_trt=True))
     configs = model_configs(args.models.split(",") if args.models else None)
     machine = machine_description()
-    protocol = {"preset": args.preset, "note": preset["note"], "input_shape": args.input_shape,
+    protocol = {"preset": args.preset, "note": protocol_note(args, preset),
+                "input_shape": args.input_shape,
                 "threads": args.threads or cpu_count(), "warmup": args.warmup,
                 "turns": args.turns, "runs_per_turn": args.runs_per_turn,
                 "repeats": args.turns * args.runs_per_turn, "shape_mode": args.shape_mode,
                 "isolation": "one process per backend, backends take turns",
                 "output_op": "argmax", "backends": args.backends}
+    print(f"protocol: {protocol['note']}; input {'x'.join(map(str, args.input_shape))}, "
+          f"{protocol['threads']} threads, {args.warmup} warm-up runs, backends taking "
+          f"{args.turns} turns of {args.runs_per_turn} runs")
     print(f"machine: {machine['cpu']}, {machine['usable_cpus']} CPUs, load "
           f"{machine['load_average'][0]:.2f}")
     rows = []

@@ -21,9 +21,16 @@ FILENAME = "deploy.yaml"
 INCOMPLETE_MARKER = ".mobileseg-export-incomplete"
 BACKUP_PREFIX = ".mobileseg-old."  # an earlier export's file while the next one moves in
 # the files an export writes (the ours of a folder whose marker predates the journal)
-EXPORT_FILES = (FILENAME, "model.pdmodel", "model.json", "model.pdiparams", "model.onnx")
+EXPORT_FILES = (FILENAME, "model.pdmodel", "model.openvino.pdmodel", "model.json",
+                "model.pdiparams", "model.onnx")
 DEPLOY_KEY = "MobileSegDeploy"
-DEPLOY_FORMAT_VERSION = 1
+# 2 added ``engine`` (the default CPU engine of Paddle Inference) and ``files.openvino``; a
+# version 1 file (neither) still loads, its engine is oneDNN
+DEPLOY_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+# the CPU engines of Paddle Inference (runners.paddle_inference sets them up)
+CPU_ENGINES = ("onednn", "openvino", "plain")
+DEFAULT_CPU_ENGINE = "onednn"
 OUTPUT_OPS = ("argmax", "softmax", "none")
 OUTPUT_KINDS = {"argmax": "label_map", "softmax": "probabilities", "none": "logits"}
 MIN_INPUT_SIZE = 64  # the models are checked from 64x64 up
@@ -41,8 +48,10 @@ KNOWN_DATASETS = {"Cityscapes": CITYSCAPES_CLASSES}
 
 
 def make(cfg, num_classes, shape, output_op, fmt, files, mean, std, exporter, paddle_version,
-         config_path=None):
-    """The content of deploy.yaml for an export of ``cfg``'s model (a paddleseg ``Config``)."""
+         config_path=None, engine=None):
+    """The content of deploy.yaml for an export of ``cfg``'s model (a paddleseg ``Config``).
+    ``engine`` (Paddle formats): {"default": one of ``CPU_ENGINES``, "chosen": "measured" or
+    "--engine", and when measured "measured": {"shape", "threads", "ms": {engine: ms}}}."""
     transforms = [dict(t) for t in cfg.val_dataset_cfg.get("transforms", []) or []
                   if not (isinstance(t, dict) and t.get("type") in LABEL_ONLY_TRANSFORMS)]
     transforms = transforms or [{"type": "Normalize"}]
@@ -81,6 +90,8 @@ def make(cfg, num_classes, shape, output_op, fmt, files, mean, std, exporter, pa
                    "shape": ["N", "H", "W"] if output_op == "argmax"
                    else ["N", int(num_classes), "H", "W"]},
     }
+    if engine is not None:
+        ours["engine"] = dict(engine)
     paddleseg_block = {"transforms": transforms, "input_shape": list(shape),
                        "output_op": output_op, "output_dtype": dtype}
     if fmt == "paddle":
@@ -302,10 +313,10 @@ class DeployConfig:
                             f"export (re-export the model with `mobileseg export`)")
         info = doc[DEPLOY_KEY]
         version = info.get("format_version") if isinstance(info, dict) else None
-        if version != DEPLOY_FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise UserError(f"{path}: deploy format_version {version!r} is not supported by "
-                            f"this version (expects {DEPLOY_FORMAT_VERSION}); re-export the "
-                            f"model with this version's `mobileseg export`")
+                            f"this version (reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
+                            f"); re-export the model with this version's `mobileseg export`")
         try:
             self.format = info["format"]
             self.files = dict(info["files"])
@@ -331,6 +342,15 @@ class DeployConfig:
                 raise UserError(f"{path}: files.{key} is {name!r}: expected a file name inside "
                                 f"the export folder")
         self.dynamic_hw = -1 in self.input_shape[2:]
+        # the CPU engine ``--engine auto`` runs: the recorded one, oneDNN before version 2
+        engine = info.get("engine") or {}
+        self.engine = engine.get("default", DEFAULT_CPU_ENGINE) if isinstance(
+            engine, dict) else engine
+        if self.format == "paddle" and self.engine not in CPU_ENGINES:
+            raise UserError(f"{path}: engine {self.engine!r}: expected one of "
+                            f"{', '.join(CPU_ENGINES)}")
+        if self.format != "paddle":
+            self.engine = None
         self.info = info
 
     def file(self, key):

@@ -19,7 +19,15 @@ What is written (into a temporary folder next to ``save_dir``, renamed into plac
   the same program in the legacy format runs through the oneDNN passes of the analysis
   predictor. ``--program pir`` or ``legacy`` writes only one of them. The legacy program is
   traced in this process (``DygraphOldIrGuard`` with the model's legacy-op builders).
+  With the legacy program comes ``model.openvino.pdmodel``: the same network with the context
+  module's adaptive pooling in the form OpenVINO's Paddle frontend converts exactly (see
+  ``export_rewrites``), for Paddle Inference's OpenVINO engine.
 - ``--format onnx``: ``model.onnx`` (through paddle2onnx) and ``deploy.yaml``.
+
+Engine (``--engine``, Paddle formats): the CPU engine ``mobileseg infer --engine auto`` runs,
+recorded in deploy.yaml. ``auto`` times each CPU engine on the written export (``--tune_shape``
+for a dynamic export, ``--tune_threads``) and records the fastest with the times; a named
+engine is recorded without timing.
 """
 
 import argparse
@@ -28,19 +36,28 @@ import shutil
 import sys
 import tempfile
 
+import numpy as np
 import paddle
 
 import mobileseg_paddle
 from mobileseg_paddle.builder import build_model
 from mobileseg_paddle.config import load_config, normalization
 from mobileseg_paddle.deploy import deploy_yaml
-from mobileseg_paddle.deploy.deploy_yaml import MIN_INPUT_SIZE, OUTPUT_OPS
+from mobileseg_paddle.deploy.deploy_yaml import CPU_ENGINES, MIN_INPUT_SIZE, OUTPUT_OPS
 from mobileseg_paddle.errors import UserError, run_main
 from mobileseg_paddle.models.export_rewrites import DeployModel, legacy_tracing, prepare_for_deploy
 
 PROGRAMS = ("both", "legacy", "pir")
 DEFAULT_ONNX_OPSET = 13
 MIN_ONNX_OPSET = 7  # paddle2onnx's lowest
+ENGINE_CHOICES = ("auto",) + CPU_ENGINES
+# --engine auto on a dynamic export: the input size the engines are timed at (the configs'
+# training crop, the size the benchmarks publish)
+DEFAULT_TUNE_SHAPE = (512, 1024)
+# --engine auto: each engine times TUNE_TURNS x TUNE_RUNS_PER_TURN runs, the engines taking
+# turns, after TUNE_WARMUP untimed runs (OpenVINO's first runs at a new input size of a
+# dynamic-size program are slower than the later ones)
+TUNE_TURNS, TUNE_RUNS_PER_TURN, TUNE_WARMUP = 3, 2, 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,38 +94,59 @@ def _input_spec(shape):
     return [paddle.static.InputSpec([None if v == -1 else v for v in shape], "float32", "x")]
 
 
-def save_paddle_programs(net, out_dir, shape, program="both"):
+def save_paddle_programs(net, out_dir, shape, program="both", openvino_net=None):
     """Trace ``net`` and save it as ``model.pdmodel`` (legacy) and/or ``model.json`` (PIR)
-    with one ``model.pdiparams``. Returns {"legacy": file, "pir": file} for what was written."""
+    with one ``model.pdiparams``; with the legacy program, ``openvino_net`` (the same weights,
+    OpenVINO's rewrites) as ``model.openvino.pdmodel``. Returns {"legacy": file, "openvino":
+    file, "pir": file} for what was written."""
 
     if program not in PROGRAMS:
         raise UserError(f"--program: expected one of {PROGRAMS}, got {program!r}")
     spec = _input_spec(shape)
     written = {}
     if program in ("both", "legacy"):
-        # Also Paddle Lite's writer. In this process: the program equals what a process started
-        # with FLAGS_enable_pir_api=0 writes (tests/deploy/lite/test_lite_models.py).
-        with paddle.pir_utils.DygraphOldIrGuard(), legacy_tracing():
-            static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
-            paddle.jit.save(static, os.path.join(out_dir, "model"))
+        _save_legacy(net, out_dir, spec)
         written["legacy"] = "model.pdmodel"
-        info = os.path.join(out_dir, "model.pdiparams.info")
-        if os.path.exists(info):  # training-only metadata, not read by inference
-            os.remove(info)
+        if openvino_net is not None:
+            _save_beside(out_dir, "_openvino", "model.pdmodel", "model.openvino.pdmodel",
+                         lambda sub: _save_legacy(openvino_net, sub, spec))
+            written["openvino"] = "model.openvino.pdmodel"
     if program in ("both", "pir"):
-        sub = os.path.join(out_dir, "_pir") if written else out_dir
-        with paddle.pir_utils.DygraphPirGuard():
-            static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
-            paddle.jit.save(static, os.path.join(sub, "model"))
-        if sub != out_dir:
-            # both formats store the same parameters in the same order: keep one file
-            if not _same_file(os.path.join(sub, "model.pdiparams"),
-                              os.path.join(out_dir, "model.pdiparams")):
-                raise RuntimeError("the legacy and PIR exports wrote different parameter files")
-            os.replace(os.path.join(sub, "model.json"), os.path.join(out_dir, "model.json"))
-            shutil.rmtree(sub)
+        def save_pir(folder):
+            with paddle.pir_utils.DygraphPirGuard():
+                static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
+                paddle.jit.save(static, os.path.join(folder, "model"))
+        if written:
+            _save_beside(out_dir, "_pir", "model.json", "model.json", save_pir)
+        else:
+            save_pir(out_dir)
         written["pir"] = "model.json"
     return written
+
+
+def _save_legacy(net, folder, spec):
+    # Also Paddle Lite's writer. In this process: the program equals what a process started
+    # with FLAGS_enable_pir_api=0 writes (tests/deploy/lite/test_lite_models.py).
+    with paddle.pir_utils.DygraphOldIrGuard(), legacy_tracing():
+        static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
+        paddle.jit.save(static, os.path.join(folder, "model"))
+    info = os.path.join(folder, "model.pdiparams.info")
+    if os.path.exists(info):  # training-only metadata, not read by inference
+        os.remove(info)
+
+
+def _save_beside(out_dir, sub_name, name, final_name, save):
+    """``save(sub)`` a second program into a scratch sub-folder; keep its program as
+    ``final_name`` beside the first, which shares its parameter file."""
+    sub = os.path.join(out_dir, sub_name)
+    save(sub)
+    # every program of an export stores the same parameters in the same order: keep one file
+    if not _same_file(os.path.join(sub, "model.pdiparams"),
+                      os.path.join(out_dir, "model.pdiparams")):
+        raise RuntimeError(f"the programs of {sub_name[1:]} and the first one wrote different "
+                           f"parameter files")
+    os.replace(os.path.join(sub, name), os.path.join(out_dir, final_name))
+    shutil.rmtree(sub)
 
 
 def _same_file(a, b):
@@ -170,11 +208,14 @@ def check_opset(opset):
 
 
 def export(config, save_dir, model_path=None, input_shape=None, output_op="argmax",
-           fmt="paddle", program="both", opset=DEFAULT_ONNX_OPSET, model=None):
+           fmt="paddle", program="both", opset=DEFAULT_ONNX_OPSET, model=None, engine="auto",
+           tune_shape=None, tune_threads=0):
     """Export and return the path of the written deploy.yaml.
 
     ``model`` (optional) is an already built and loaded model to export instead of building
-    one from ``config`` and ``model_path`` (``config`` still provides transforms and names)."""
+    one from ``config`` and ``model_path`` (``config`` still provides transforms and names).
+    ``engine``: the default CPU engine recorded (auto: the fastest of ``measure_engines`` at
+    ``tune_shape`` (H, W) with ``tune_threads``, 0 meaning all usable CPUs)."""
     if output_op not in OUTPUT_OPS:
         raise UserError(f"--output_op: expected one of {OUTPUT_OPS}, got {output_op!r}")
     if fmt not in ("paddle", "onnx"):
@@ -186,6 +227,7 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
     _check_save_dir(save_dir)
     if program not in PROGRAMS:
         raise UserError(f"--program: expected one of {PROGRAMS}, got {program!r}")
+    tune_input = _check_engine(engine, fmt, program, shape, tune_shape, tune_threads)
     _check_foreign(save_dir, _written_files(fmt, program))  # at once; again when switching
     if model is None:
         model, cfg = build_model(config, model_path)
@@ -193,6 +235,8 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
         cfg = load_config(config, sections=("model",))
     net = DeployModel(prepare_for_deploy(model, target=fmt), output_op,
                       channels_last_argmax=(fmt == "paddle"))
+    openvino_net = DeployModel(prepare_for_deploy(model, target="openvino"), output_op,
+                               channels_last_argmax=True) if fmt == "paddle" else None
 
     with _export_lock(save_dir):
         journal_lost = _recover(save_dir)  # an export into it that was killed mid-switch
@@ -202,14 +246,15 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
                                dir=os.path.dirname(save_dir))
         try:
             if fmt == "paddle":
-                files = save_paddle_programs(net, tmp, shape, program)
+                files = save_paddle_programs(net, tmp, shape, program, openvino_net)
                 files["params"] = "model.pdiparams"
+                engine_info = choose_engine(tmp, files, engine, tune_input, tune_threads)
             else:
-                files = {"onnx": save_onnx(net, tmp, shape, opset)}
+                files, engine_info = {"onnx": save_onnx(net, tmp, shape, opset)}, None
             mean, std = normalization(cfg)
             info = deploy_yaml.make(cfg, int(model.num_classes), shape, output_op, fmt, files,
                                     mean, std, f"mobileseg_paddle {mobileseg_paddle.__version__}",
-                                    paddle.__version__, config)
+                                    paddle.__version__, config, engine_info)
             deploy_yaml.write(tmp, info)
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
             _move_into_place(tmp, save_dir, journal_lost)
@@ -221,6 +266,87 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return os.path.join(save_dir, deploy_yaml.FILENAME)
+
+
+def _check_engine(engine, fmt, program, shape, tune_shape, tune_threads):
+    """Refuse an engine the export cannot serve; return the input shape to time engines at
+    (None when nothing is timed)."""
+    if engine not in ENGINE_CHOICES:
+        raise UserError(f"--engine: expected one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
+    if fmt != "paddle":
+        if engine != "auto":
+            raise UserError(f"--engine {engine}: engines are Paddle Inference's; an ONNX export "
+                            f"runs on onnxruntime (leave --engine out)")
+        return None
+    if engine == "openvino" and program == "pir":
+        raise UserError("--engine openvino runs the legacy program: export it with --program "
+                        "both or legacy")
+    if tune_threads < 0:
+        raise UserError(f"--tune_threads must be >= 0 (0: all usable CPUs), got {tune_threads}")
+    fixed = [v for v in shape[2:] if v != -1]
+    if tune_shape is not None:
+        tune_shape = [int(v) for v in tune_shape]
+        if len(tune_shape) != 2 or min(tune_shape) < MIN_INPUT_SIZE:
+            raise UserError(f"--tune_shape: expected H W, each at least {MIN_INPUT_SIZE}, got "
+                            f"{' '.join(map(str, tune_shape))}")
+        if len(fixed) == 2 and tune_shape != shape[2:]:
+            raise UserError(f"--tune_shape {tune_shape[0]} {tune_shape[1]}: the export's input "
+                            f"size is fixed ({shape[2]}x{shape[3]}); leave --tune_shape out")
+    if engine != "auto":
+        return None
+    hw = list(tune_shape or (shape[2:] if len(fixed) == 2 else DEFAULT_TUNE_SHAPE))
+    hw = [v if v != -1 else d for v, d in zip(hw, DEFAULT_TUNE_SHAPE)]  # one dynamic side
+    return [max(shape[0], 1), 3] + hw
+
+
+def choose_engine(folder, files, engine, tune_input, threads=0):
+    """The ``engine`` block of deploy.yaml: ``engine`` as asked, or (auto) the fastest of
+    ``measure_engines`` on the export in ``folder``."""
+    if engine != "auto":
+        return {"default": engine, "chosen": "--engine"}
+    threads = threads or _cpu_count()
+    ms = measure_engines(folder, files, tune_input, threads)
+    timed = {e: t for e, t in ms.items() if t is not None}
+    if not timed:
+        raise UserError("--engine auto: no CPU engine of Paddle Inference ran the export")
+    return {"default": min(timed, key=timed.get), "chosen": "measured",
+            "measured": {"shape": list(tune_input), "threads": threads, "ms": ms}}
+
+
+def _cpu_count():
+    from mobileseg_paddle.deploy.runners import cpu_count
+    return cpu_count()
+
+
+def measure_engines(folder, files, shape, threads, turns=TUNE_TURNS):
+    """{engine: median ms of a run (feed, run, fetch) at ``shape``} for each CPU engine on the
+    export's programs in ``folder``; None for an engine that cannot run it. Each engine runs in
+    a process of its own and the engines take turns, as in ``mobileseg bench``: in one process
+    the OpenMP threads Paddle leaves spinning after a oneDNN run slow the OpenVINO run next."""
+    from mobileseg_paddle.deploy.benchmark import time_in_turns
+
+    params = os.path.join(folder, files["params"])
+    specs = {}
+    # OpenVINO's compile cache of a program that is about to move: a scratch folder
+    with tempfile.TemporaryDirectory(prefix="mobileseg-engines-") as work:
+        for engine in CPU_ENGINES:
+            program = (files.get("openvino") if engine == "openvino"
+                       else files.get("legacy") or files.get("pir"))
+            if program:
+                specs[engine] = dict(kind="files", program=os.path.join(folder, program),
+                                     params=params, threads=threads, shape=list(shape), seed=0,
+                                     warmup=TUNE_WARMUP, options=dict(
+                                         engine=engine, openvino_cache_dir=work))
+        times, _, errors = time_in_turns(specs, turns, TUNE_RUNS_PER_TURN, work)
+    ms = {}
+    for engine in CPU_ENGINES:
+        if engine in errors:
+            print(f"note: --engine auto: {engine} cannot run this export: {errors[engine]}",
+                  file=sys.stderr)
+        runs = [t for turn in times.get(engine, []) for t in turn]
+        ms[engine] = round(float(np.median(runs)) * 1e3, 2) if runs and engine not in errors \
+            else None
+    return ms
 
 
 def _umask():
@@ -268,8 +394,8 @@ def _written_files(fmt, program):
     """The names an export of ``fmt``/``program`` writes."""
     if fmt == "onnx":
         return ["model.onnx", deploy_yaml.FILENAME]
-    programs = {"legacy": ["model.pdmodel"], "pir": ["model.json"]}.get(
-        program, ["model.pdmodel", "model.json"])
+    legacy = ["model.pdmodel", "model.openvino.pdmodel"]
+    programs = {"legacy": legacy, "pir": ["model.json"]}.get(program, legacy + ["model.json"])
     return programs + ["model.pdiparams", deploy_yaml.FILENAME]
 
 
@@ -364,6 +490,14 @@ def build_parser():
     p.add_argument("--program", default="both", choices=PROGRAMS,
                    help="paddle format only: legacy model.pdmodel, PIR model.json, or both")
     p.add_argument("--opset", type=int, default=DEFAULT_ONNX_OPSET, help="ONNX opset version")
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
+                   help="paddle format: the CPU engine Paddle Inference runs by default (recorded "
+                        "in deploy.yaml); auto: the fastest measured on this export")
+    p.add_argument("--tune_shape", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="--engine auto on a dynamic export: the input size the engines are "
+                        f"timed at (default {DEFAULT_TUNE_SHAPE[0]} {DEFAULT_TUNE_SHAPE[1]})")
+    p.add_argument("--tune_threads", type=int, default=0,
+                   help="--engine auto: CPU threads the engines are timed with (0: all usable)")
     return p
 
 
@@ -373,7 +507,10 @@ def main(argv=None):
     def run():
         path = export(args.config, args.save_dir, model_path=args.model_path,
                       input_shape=args.input_shape, output_op=args.output_op, fmt=args.format,
-                      program=args.program, opset=args.opset)
-        print(f"exported to {os.path.dirname(path)} (deploy.yaml, {args.format})")
+                      program=args.program, opset=args.opset, engine=args.engine,
+                      tune_shape=args.tune_shape, tune_threads=args.tune_threads)
+        engine = deploy_yaml.DeployConfig(path).engine
+        print(f"exported to {os.path.dirname(path)} (deploy.yaml, {args.format}"
+              + (f", engine {engine})" if engine else ")"))
 
     return run_main("export", run)

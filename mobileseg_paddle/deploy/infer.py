@@ -1,6 +1,7 @@
 """Segment images with an exported MobileSeg (``mobileseg export``): Paddle Inference on CPU
-(oneDNN on by default, or off), GPU and TensorRT, or onnxruntime for an ONNX export (the
-runners are in ``mobileseg_paddle.deploy.runners``).
+(``--engine``: the export's recorded engine by default, or oneDNN, OpenVINO, the plain
+kernels), GPU and TensorRT, or onnxruntime for an ONNX export (the runners are in
+``mobileseg_paddle.deploy.runners``).
 
     mobileseg infer --config output/inference/deploy.yaml --image_path images/ \
         --save_dir output/result
@@ -27,7 +28,7 @@ anything is written.
 
 Library use::
 
-    seg = Segmenter.from_deploy("output/inference")      # Paddle Inference, CPU, oneDNN
+    seg = Segmenter.from_deploy("output/inference")      # Paddle Inference, CPU
     label_map = seg.predict([cv2.imread("a.jpg")])[0]    # (H, W) int32
 """
 
@@ -42,7 +43,13 @@ import numpy as np
 
 from mobileseg_paddle import palette
 from mobileseg_paddle.deploy.deploy_yaml import MIN_INPUT_SIZE, DeployConfig
-from mobileseg_paddle.deploy.runners import PredictorOptions, check_device, create_runner, resolve_backend
+from mobileseg_paddle.deploy.runners import (
+    ENGINE_CHOICES,
+    PredictorOptions,
+    check_device,
+    create_runner,
+    resolve_backend,
+)
 from mobileseg_paddle.errors import UserError, run_main
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -329,8 +336,8 @@ def collect_shape_ranges(deploy, images, shape_file, batch_size=1, program="auto
     Runs on the CPU; the file is then used by a GPU predictor."""
     # Paddle's own CPU set-up (as this collection always ran): the interpolation marking and
     # memory reuse only change how the graph runs, not its shapes
-    opts = PredictorOptions(program=program, onednn_interp=False, memory_optim=False,
-                            collect_shape_range_file=shape_file)
+    opts = PredictorOptions(program=program, engine="onednn", onednn_interp=False,
+                            memory_optim=False, collect_shape_range_file=shape_file)
     with create_runner(deploy, "paddle", opts) as runner:
         Segmenter(deploy, runner).predict(images, batch_size)
     if not os.path.isfile(shape_file):  # written when the predictor is released
@@ -396,7 +403,12 @@ def build_parser():
     p.add_argument("--calib_image_path", default=None,
                    help="INT8: representative images to calibrate on first")
     p.add_argument("--cpu_threads", type=int, default=0, help="0: all cores")
-    p.add_argument("--enable_mkldnn", default=True, **b, help="oneDNN on CPU (default True)")
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
+                   help="Paddle Inference on CPU: auto (the engine the export recorded as "
+                        "fastest; oneDNN for older exports), onednn, openvino (its bundled "
+                        "OpenVINO), plain (its own kernels)")
+    p.add_argument("--enable_mkldnn", default=True, **b,
+                   help="PaddleSeg's flag: False is --engine plain")
     p.add_argument("--ir_optim", default=True, **b)
     p.add_argument("--benchmark", default=False, **b, help="print the time per image")
     p.add_argument("--with_argmax", default=True, **b,
@@ -430,7 +442,8 @@ def _run(args):
         _warn(f"{_shown(f)}: the file name is not valid UTF-8 (OpenCV cannot open it); skipped")
     outputs = output_paths(files, root, args.save_dir, args.save_overlay)
     opts = PredictorOptions(
-        device=args.device, enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads,
+        device=args.device, engine=args.engine, enable_mkldnn=args.enable_mkldnn,
+        cpu_threads=args.cpu_threads,
         ir_optim=args.ir_optim, program=args.program, use_trt=args.use_trt,
         precision=args.precision, min_subgraph_size=args.min_subgraph_size,
         max_batch_size=args.batch_size, trt_cache_dir=args.trt_cache_dir,
@@ -453,7 +466,7 @@ def _run(args):
     if args.print_detail:
         print(f"model: {deploy.path} ({deploy.format}), output: {deploy.output_kind}, "
               f"classes: {deploy.num_classes}, device: {args.device}, "
-              f"oneDNN: {args.enable_mkldnn}, TensorRT: {args.use_trt}")
+              f"engine: {getattr(seg.runner, 'opts', opts).engine}, TensorRT: {args.use_trt}")
     times, written = [], 0
     for s in range(0, len(files), args.batch_size):
         chunk = files[s:s + args.batch_size]

@@ -10,6 +10,10 @@ Rewrites (``prepare_for_deploy``; each checked against dygraph in tests/deploy/t
   that is exact for every input size on each target:
   - paddle: a ``pool3d`` over a depth of one (``AdaptiveAvgPoolAs3D``): oneDNN's adaptive
     ``pool2d`` gives wrong numbers once a predictor has run another input size;
+  - openvino (the second legacy program of a Paddle export, run by Paddle Inference's OpenVINO
+    engine): adaptive ``pool2d`` as it is. OpenVINO's Paddle frontend converts the ``pool3d``
+    form wrongly, and the matrix-product form adds a dozen small ops per pooling to the
+    oneDNN program (a larger fixed cost per run), so each engine gets its own form;
   - onnx: the matrix-product form (``MobileContextModule.pool_by_matmul``): paddle2onnx refuses
     adaptive pooling on dynamic shapes and on static ones writes an AveragePool that is right
     only when the feature size is a multiple of the bin count;
@@ -19,6 +23,9 @@ Rewrites (``prepare_for_deploy``; each checked against dygraph in tests/deploy/t
     equals its input for a global one and leaves all but one value per channel unset (wrong
     numbers, even NaN, on the phone at 128x128 input, where the context module's 4 bins meet a
     4x4 map; its x86 kernel is right).
+- Lite-HRNet's nearest upsamplings: gathers in the legacy programs of Paddle Inference's
+  oneDNN and plain engines (``layers.resize_nearest``); ``F.interpolate`` for OpenVINO and Lite
+  (``LiteHRNet.gather_nearest``), whose own nearest is exact, and in PIR traces (ONNX).
 - lite: convs as Lite's ARM kernels need them (``ConvLite``): a bias without a BatchNorm after
   it as Paddle 2.x wrote it (Lite folds it into the conv); squeeze-excitation convs widened
   with zero weights around an FP16 kernel's over-read.
@@ -52,7 +59,7 @@ import paddle.nn.functional as F
 from paddle.base.framework import Variable
 from paddle.base.layer_helper import LayerHelper
 
-TARGETS = ("paddle", "onnx", "lite")
+TARGETS = ("paddle", "openvino", "onnx", "lite")
 OUTPUT_OPS = ("argmax", "softmax", "none")
 
 
@@ -69,6 +76,12 @@ def prepare_for_deploy(model, target="paddle"):
         fold_conv_bias_into_bn(layer)
         if target == "onnx" and hasattr(layer, "pool_by_matmul"):
             layer.pool_by_matmul = True
+        if target in ("openvino", "lite") and hasattr(layer, "gather_nearest"):
+            # OpenVINO computes the gather form's float index arithmetic in its own way (a
+            # reciprocal: 41/82 -> 0.49999997, one row off), and its nearest Interpolate is
+            # exact; Lite's gather is an FP32 host kernel (precision conversions around it in
+            # FP16 programs) where its nearest_interp_v2 runs on ARM kernels
+            layer.gather_nearest = False
         if target == "paddle":
             for name, sub in list(layer._sub_layers.items()):
                 if isinstance(sub, nn.AdaptiveAvgPool2D) and _binned(sub):

@@ -8,6 +8,7 @@ No layer here gives its parameters a fixed ``ParamAttr(name=...)``, so any numbe
 can live in one process. (Tracing into a legacy program: ``export_rewrites.legacy_tracing``.)
 """
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -95,25 +96,107 @@ class SeparableConvBNReLU(nn.Layer):
         return self.piontwise_conv(self.depthwise_conv(x))
 
 
+@paddle.jit.not_to_static  # converted, ``x.shape`` would trace shape and slice ops
+def static_spatial_size(x):
+    """H and W of ``x`` (N, C, H, W) as Python ints where they are fixed (dygraph, a fixed-size
+    export), else None; adds no op to a traced program."""
+    size = list(x.shape[2:])
+    return size if all(isinstance(d, int) and d > 0 for d in size) else None
+
+
 def spatial_size(x):
     """H and W of ``x`` (N, C, H, W): Python ints where they are fixed (dygraph, a fixed-size
     export, where they become attributes), else a tensor (a dynamic-size export). A fixed-size
     program (Lite's) then has no shape/slice/cast ops computing sizes at run time."""
-    size = list(x.shape[2:])
-    if all(isinstance(d, int) and d > 0 for d in size):
-        return size
-    return paddle.shape(x)[2:]
+    size = static_spatial_size(x)
+    return size if size is not None else paddle.shape(x)[2:]
 
 
-def channel_shuffle(x, groups):
-    """ShuffleNet channel shuffle, written with static channel counts and -1 for the spatial
-    size so that it traces for dynamic H and W in both program formats."""
-    c = x.shape[1]
-    size = spatial_size(x)
-    h, w = size[0], size[1]
-    x = paddle.reshape(x, [-1, groups, c // groups, h, w])
-    x = paddle.transpose(x, [0, 2, 1, 3, 4])
-    return paddle.reshape(x, [-1, c, h, w])
+def concat_shuffle(parts):
+    """ShuffleNet's channel shuffle of ``paddle.concat(parts, axis=1)`` with ``len(parts)``
+    groups, for parts of equal shape: output channel ``g * len(parts) + i`` is channel ``g`` of
+    ``parts[i]``. At a fixed size (dygraph, fixed-size exports such as Lite's) the usual reshape
+    to (N, groups, C / groups, H, W), transpose, reshape, with constant sizes; in a dynamic-size
+    program stack + flatten, which need no runtime H and W (that reshape would compute them
+    from shape ops at every run). Lite's ARM kernels run the fixed form without precision
+    conversions (its ``stack`` is an FP32 host kernel)."""
+    size = static_spatial_size(parts[0])
+    if size is None:
+        return paddle.flatten(paddle.stack(parts, axis=2), 1, 2)
+    x = paddle.concat(parts, axis=1)
+    groups, c = len(parts), x.shape[1]
+    x = paddle.transpose(paddle.reshape(x, [-1, groups, c // groups] + size), [0, 2, 1, 3, 4])
+    return paddle.reshape(x, [-1, c] + size)
+
+
+def nearest_source_index(n_in, n_out):
+    """Source index of each output index k along one axis of Paddle's nearest interpolation
+    to a given size (align_corners=False): ``int(float32(n_in / n_out) * k)``, in float32 as
+    Paddle's CPU kernel computes it (not ``k * n_in // n_out``, which differs for some sizes).
+
+    Python ints give a numpy int32 array; int32 size tensors (a dynamic-size trace) give the
+    ops computing it at run time."""
+    if isinstance(n_in, int) and isinstance(n_out, int):
+        ratio = np.float32(n_in) / np.float32(n_out)
+        return (np.arange(n_out, dtype=np.float32) * ratio).astype(np.int32)
+    n_in, n_out = (paddle.full([], v, "float32") if isinstance(v, int)
+                   else paddle.cast(v, "float32") for v in (n_in, n_out))
+    k = paddle.arange(0, n_out, 1, dtype="float32")
+    # float -> int casts truncate, which is floor for these non-negative values
+    return paddle.cast(k * (n_in / n_out), "int32")
+
+
+def _integer_factor(n_in, n_out):
+    """Whether Paddle's nearest from n_in to n_out repeats every source an integer number of
+    times (the sizes where oneDNN's nearest, which rounds differently, gives the same)."""
+    if n_out % n_in:
+        return False
+    return bool((nearest_source_index(n_in, n_out) == np.arange(n_out) // (n_out // n_in)).all())
+
+
+def _gather(x, index, axis):
+    # gather, not index_select: Paddle's CPU kernel of index_select is the slower one here
+    return paddle.gather(x, index, axis=axis)
+
+
+def gathers_nearest():
+    """Whether ``resize_nearest`` writes its gather forms here: in a legacy-program trace."""
+    return not paddle.in_dynamic_mode() and not paddle.framework.in_pir_mode()
+
+
+def resize_nearest(x, size, index=None):
+    """``F.interpolate(x, size, mode="nearest")`` (N, C, H, W), the same values in a form the
+    inference engines run fast and exactly.
+
+    In a dynamic-size program Paddle runs the interpolation (which then takes its size from a
+    tensor) on its slow plain CPU kernel; in a fixed-size one on oneDNN, whose nearest rounds
+    differently except for integer factors. So a traced program keeps the interpolation only
+    for a fixed size with integer factors, and otherwise gathers rows and columns with the
+    indices Paddle's kernel would use: constants for a fixed size, else computed from the
+    sizes. ``index`` (optional) is the (H, W) pair of those index tensors, when the caller
+    computes them once for several resizes between the same sizes (``nearest_source_index``).
+
+    Only legacy programs (Paddle Inference's default, Paddle Lite's) are rewritten: dygraph
+    (training) and PIR traces keep ``F.interpolate``. The ONNX export is traced to PIR, and
+    onnxruntime's Resize computes it exactly and faster than the gathers."""
+    if not gathers_nearest():
+        return F.interpolate(x, size, mode="nearest")
+    if index is not None:
+        for axis, idx in zip((2, 3), index):
+            x = _gather(x, idx, axis)
+        return x
+    in_size = spatial_size(x)
+    fixed = isinstance(size, (list, tuple)) and isinstance(in_size, list)
+    if not (fixed and all(isinstance(v, int) for v in size)):
+        for axis in (2, 3):
+            x = _gather(x, nearest_source_index(in_size[axis - 2], size[axis - 2]), axis)
+        return x
+    if all(_integer_factor(i, o) for i, o in zip(in_size, size)):
+        return F.interpolate(x, size, mode="nearest")
+    for axis, n_in, n_out in zip((2, 3), in_size, size):
+        if n_in != n_out:
+            x = _gather(x, paddle.assign(nearest_source_index(n_in, n_out)), axis)
+    return x
 
 
 def resize_to(x, ref, mode="bilinear"):

@@ -44,7 +44,7 @@ def test_cut_exports_output_the_low_resolution_logits(tmp_path):
 
     paddle_dir = os.path.dirname(export(CONFIG, str(tmp_path / "paddle"), model=model,
                                         input_shape=[-1, 3, -1, -1], fmt="paddle",
-                                        program="legacy"))
+                                        program="legacy", engine="onednn"))
     onnx_dir = os.path.dirname(export(CONFIG, str(tmp_path / "onnx"), model=model,
                                       input_shape=list(x.shape), fmt="onnx"))
     cut_paddle = stages.cut_paddle(paddle_dir, str(tmp_path / "paddle_lowres"))
@@ -143,3 +143,45 @@ def test_benchmark_statistics_table_and_plot(tmp_path):
     assert "failed: boom" in next(line for line in table if line.startswith("| ghostnet"))
     png = B.plot_fps(rows, str(tmp_path / "fps.png"), "test")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_speed_ratio_is_the_median_of_per_turn_ratios():
+    slow = dict(median_ms=10.0, turn_medians_ms=[10.0, 30.0, 12.0])
+    fast = dict(median_ms=10.0, turn_medians_ms=[5.0, 10.0, 12.0])
+    # per turn 2.0, 3.0, 1.0 -> 2.0 (the overall medians alone would say 1.0)
+    assert B.speed_ratio(slow, fast) == pytest.approx(2.0)
+    assert B.speed_ratio(dict(median_ms=9.0), dict(median_ms=3.0)) == pytest.approx(3.0)
+
+
+def test_floor_columns_and_protocol_of_an_overridden_shape():
+    rows = [dict(model="mobilenetv2", backbone="MobileNetV2_x1_0", backend=b, threads=2,
+                 status="ok", flops=6.7e9, sgemm_gflops=100.0, floor_ms=67.0, engine="onednn",
+                 **B.summarize([ms / 1000] * 3))
+            for b, ms in (("paddle", 80.4), ("onnxruntime", 100.0))]
+    machine = dict(cpu="test CPU", isa=["avx2"], usable_cpus=2, memory_gb=8,
+                   load_average=[0.1, 0, 0], versions={})
+    args = B.build_parser().parse_args(["--preset", "phone", "--input_shape", "1", "3", "64",
+                                        "128"])
+    args.threads = 1
+    note = B.protocol_note(args, B.PRESETS["phone"])
+    assert "input 1x3x64x128" in note and "256x256" in note and "published" not in note
+    protocol = dict(preset="phone", note=note, input_shape=[1, 3, 64, 128], warmup=1,
+                    repeats=3, turns=1)
+    table = B.format_table(rows, machine, protocol)
+    head = next(line for line in table.splitlines() if line.startswith("| Model"))
+    assert "published" not in head and "floor ms" in head  # no published figure at 64x128
+    mv2 = next(line for line in table.splitlines() if line.startswith("| mobilenetv2"))
+    assert "| 6.70 | 67.0 | 1.20x |" in mv2 and "| 1.24x |" in mv2
+    assert "mobilenetv2 onednn" in table and "100-100 GFLOP/s" in table
+    args = B.build_parser().parse_args(["--preset", "phone"])
+    args.input_shape, args.threads = [1, 3, 256, 256], 1
+    assert B.protocol_note(args, B.PRESETS["phone"]) == B.PRESETS["phone"]["note"]
+
+
+def test_sgemm_runner_computes_the_matrix_product():
+    run = B.sgemm_runner(64, 1)
+    c = run(None)
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((64, 64)).astype(np.float32)
+    a = rng.standard_normal((64, 64)).astype(np.float32)
+    assert c.shape == (64, 64) and max_rel_err(c, a @ b) < 1e-5

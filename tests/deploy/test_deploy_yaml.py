@@ -82,3 +82,22 @@ def test_reading_needs_no_paddle(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load(open(path))["Deploy"]["model"] == "model.pdmodel"
+
+
+def test_engine_recorded_and_older_files_without_it(tmp_path):
+    """Format 2 records the default CPU engine; a format 1 file (none) loads with oneDNN; an
+    ONNX export has none."""
+    engine = {"default": "openvino", "chosen": "measured",
+              "measured": {"shape": [1, 3, 64, 128], "threads": 1,
+                           "ms": {"onednn": 4.0, "openvino": 2.0, "plain": 20.0}}}
+    path = _write(tmp_path / "new", _info([{"type": "Normalize"}], engine=engine))
+    assert deploy_yaml.DeployConfig(path).engine == "openvino"
+    old = _info([{"type": "Normalize"}])
+    old[deploy_yaml.DEPLOY_KEY]["format_version"] = 1
+    assert "engine" not in old[deploy_yaml.DEPLOY_KEY]
+    assert deploy_yaml.DeployConfig(_write(tmp_path / "old", old)).engine == "onednn"
+    onnx = _info([{"type": "Normalize"}], fmt="onnx", files={"onnx": "model.onnx"})
+    assert deploy_yaml.DeployConfig(_write(tmp_path / "onnx", onnx)).engine is None
+    bad = _info([{"type": "Normalize"}], engine={"default": "fast"})
+    with pytest.raises(UserError, match="engine 'fast': expected one of onednn, openvino, plain"):
+        deploy_yaml.DeployConfig(_write(tmp_path / "bad", bad))

@@ -27,7 +27,13 @@ from helpers import ROOT
 from helpers.numerics import max_rel_err, randomize_
 from mobileseg_paddle.builder import without_pretrained
 from mobileseg_paddle.deploy import export as E
-from mobileseg_paddle.deploy.deploy_yaml import CITYSCAPES_CLASSES, DEPLOY_FORMAT_VERSION, DEPLOY_KEY
+from mobileseg_paddle.deploy.deploy_yaml import (
+    CITYSCAPES_CLASSES,
+    CPU_ENGINES,
+    DEPLOY_FORMAT_VERSION,
+    DEPLOY_KEY,
+    DeployConfig,
+)
 from mobileseg_paddle.models.export_rewrites import DeployModel, prepare_for_deploy
 
 pytestmark = pytest.mark.slow  # trains, traces or exports real models
@@ -61,12 +67,14 @@ def reference_model(name):
 
 def _jobs(name, weights):
     """The exports each model gets: kind -> export argv."""
+    # the engine fixed (no timing), except in "paddle_auto"
     base = ["--config", config_path(name), "--model_path", weights]
+    fixed = ["--engine", "onednn"]
     out = os.path.join(_WORK, name)
     jobs = {
         # logits, dynamic H/W; both programs for MobileNetV2, the legacy one (the program the
         # predictor loads) for the others, to save a PIR trace of each
-        "paddle": base + ["--save_dir", f"{out}/paddle", "--output_op", "none"]
+        "paddle": base + ["--save_dir", f"{out}/paddle", "--output_op", "none"] + fixed
         + ([] if name == "mobilenetv2" else ["--program", "legacy"]),
         "onnx_dynamic": base + ["--save_dir", f"{out}/onnx_dynamic", "--output_op", "none",
                                 "--format", "onnx"],
@@ -78,7 +86,10 @@ def _jobs(name, weights):
                                         "none", "--format", "onnx",
                                         "--input_shape", "1", "3", str(h), str(w)]
     if name == "mobilenetv2":  # the served form, for the command-line inference tests
-        jobs["paddle_argmax"] = base + ["--save_dir", f"{out}/paddle_argmax"]
+        jobs["paddle_argmax"] = base + ["--save_dir", f"{out}/paddle_argmax"] + fixed
+        # the engines measured (at a small size), the fastest recorded
+        jobs["paddle_auto"] = base + ["--save_dir", f"{out}/paddle_auto", "--program", "legacy",
+                                      "--tune_shape", "64", "128", "--tune_threads", "1"]
     return jobs
 
 
@@ -123,13 +134,14 @@ def read_deploy(folder):
 
 def test_paddle_export_folder_and_deploy_yaml():
     folder = exports()["mobilenetv2"]["paddle"]
-    assert sorted(os.listdir(folder)) == ["deploy.yaml", "model.json", "model.pdiparams",
-                                         "model.pdmodel"]
+    assert sorted(os.listdir(folder)) == ["deploy.yaml", "model.json", "model.openvino.pdmodel",
+                                         "model.pdiparams", "model.pdmodel"]
     doc = read_deploy(folder)
     ours = doc[DEPLOY_KEY]
     assert ours["format_version"] == DEPLOY_FORMAT_VERSION
-    assert ours["files"] == {"legacy": "model.pdmodel", "pir": "model.json",
-                             "params": "model.pdiparams"}
+    assert ours["files"] == {"legacy": "model.pdmodel", "openvino": "model.openvino.pdmodel",
+                             "pir": "model.json", "params": "model.pdiparams"}
+    assert ours["engine"] == {"default": "onednn", "chosen": "--engine"}
     assert ours["num_classes"] == 19
     assert ours["class_names"] == CITYSCAPES_CLASSES
     assert "palette" not in ours  # one palette for every command: mobileseg_paddle.palette
@@ -150,10 +162,52 @@ def test_paddle_export_folder_and_deploy_yaml():
 
 def test_legacy_only_export_and_argmax_output():
     legacy = exports()["ghostnet"]["paddle"]
-    assert sorted(os.listdir(legacy)) == ["deploy.yaml", "model.pdiparams", "model.pdmodel"]
+    assert sorted(os.listdir(legacy)) == ["deploy.yaml", "model.openvino.pdmodel",
+                                          "model.pdiparams", "model.pdmodel"]
     ours = read_deploy(exports()["mobilenetv2"]["paddle_argmax"])[DEPLOY_KEY]
     assert ours["output"] == {"op": "argmax", "kind": "label_map", "dtype": "int32",
                               "shape": ["N", "H", "W"]}
+
+
+def test_engine_auto_is_measured_recorded_and_run(tmp_path):
+    """``--engine auto`` (timed at --tune_shape 64 128, 1 thread): every CPU engine timed, the
+    fastest recorded, and run by ``--engine auto``."""
+    from mobileseg_paddle.deploy.runners import PredictorOptions, create_runner
+
+    folder = exports()["mobilenetv2"]["paddle_auto"]
+    engine = read_deploy(folder)[DEPLOY_KEY]["engine"]
+    measured = engine["measured"]
+    assert (engine["chosen"], measured["shape"], measured["threads"]) == (
+        "measured", [1, 3, 64, 128], 1)
+    assert sorted(measured["ms"]) == sorted(CPU_ENGINES)
+    assert all(isinstance(t, float) and t > 0 for t in measured["ms"].values())
+    assert engine["default"] == min(measured["ms"], key=measured["ms"].get)
+    deploy = DeployConfig(folder)
+    assert deploy.engine == engine["default"]
+    with create_runner(deploy, "auto", PredictorOptions(openvino_cache_dir=str(tmp_path))) as runner:
+        assert runner.opts.engine == engine["default"]
+
+
+def test_engine_refusals(tmp_path):
+    model, _ = reference_model("mobilenetv2")
+    cases = [
+        (dict(engine="fast"), "--engine: expected one of auto, onednn, openvino, plain, got "
+                              "'fast'"),
+        (dict(engine="onednn", fmt="onnx"), "--engine onednn: engines are Paddle Inference's; "
+                                            "an ONNX export runs on onnxruntime (leave --engine "
+                                            "out)"),
+        (dict(engine="openvino", program="pir"), "--engine openvino runs the legacy program: "
+                                                 "export it with --program both or legacy"),
+        (dict(tune_shape=[32, 64]), "--tune_shape: expected H W, each at least 64, got 32 64"),
+        (dict(tune_shape=[64, 64], input_shape=[1, 3, 128, 128]),
+         "--tune_shape 64 64: the export's input size is fixed (128x128); leave --tune_shape "
+         "out"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(E.UserError) as e:
+            E.export(config_path("mobilenetv2"), str(tmp_path / "out"), model=model, **kwargs)
+        assert str(e.value) == message
+    assert os.listdir(tmp_path) == []
 
 
 def test_onnx_exports_static_and_dynamic_shapes():
@@ -213,7 +267,7 @@ def test_channels_last_argmax_equals_argmax():
 # Writing into place
 
 
-def _fake_programs(net, out_dir, shape, program="both"):
+def _fake_programs(net, out_dir, shape, program="both", openvino_net=None):
     with open(os.path.join(out_dir, "model.pdmodel"), "w") as f:
         f.write("program")
     with open(os.path.join(out_dir, "model.pdiparams"), "w") as f:
@@ -238,10 +292,11 @@ def test_reexport_replaces_only_a_previous_export(tmp_path, monkeypatch):
     model, _ = reference_model("mobilenetv2")
     monkeypatch.setattr(E, "save_paddle_programs", _fake_programs)
     out = tmp_path / "out"
-    E.export(config_path("mobilenetv2"), str(out), model=model)
+    E.export(config_path("mobilenetv2"), str(out), model=model, engine="onednn")
     (out / "results").mkdir()  # the user's own files inside an old export stay
     (out / "results" / "a.png").write_text("a result")
-    E.export(config_path("mobilenetv2"), str(out), model=model, output_op="softmax")
+    E.export(config_path("mobilenetv2"), str(out), model=model, output_op="softmax",
+             engine="plain")
     assert sorted(os.listdir(out)) == ["deploy.yaml", "model.pdiparams", "model.pdmodel",
                                        "results"]
     assert (out / "results" / "a.png").read_text() == "a result"

@@ -40,7 +40,7 @@ def tiny(tmp_path_factory):
 def _export(tiny, save_dir, *extra):
     config, weights = tiny
     return run_module("export", "--config", config, "--model_path", weights, "--save_dir",
-                      save_dir, "--program", "legacy", *extra)
+                      save_dir, "--program", "legacy", "--engine", "onednn", *extra)
 
 
 def _run_export(folder, shape=(1, 3, 64, 64)):
@@ -88,7 +88,7 @@ def test_reexport_replaces_only_our_files(tiny, tmp_path):
     (out / "results" / "mask.png").write_bytes(b"user's result")
     (out / "notes.txt").write_text("mine")
     proc = run_module("export", "--config", tiny[0], "--model_path", tiny[1], "--save_dir", out,
-                      "--program", "pir")
+                      "--program", "pir", "--engine", "onednn")
     assert proc.returncode == 0, proc.stderr[-2000:]
     # the old export's model.pdmodel went with it; the user's files stayed
     assert sorted(os.listdir(out)) == ["deploy.yaml", "model.json", "model.pdiparams", "notes.txt",
@@ -136,7 +136,8 @@ def test_two_exports_into_one_folder_at_once_end_with_one_complete_export(tiny, 
         assert result.dtype == np.int32 and result.shape == (1, 64, 64)
     else:
         assert result.dtype == np.float32 and result.shape == (1, 4, 64, 64)
-    assert sorted(os.listdir(out)) == ["deploy.yaml", "model.pdiparams", "model.pdmodel"]
+    assert sorted(os.listdir(out)) == ["deploy.yaml", "model.openvino.pdmodel", "model.pdiparams",
+                                       "model.pdmodel"]
     assert sorted(os.listdir(tmp_path)) == ["inference"]
 
 
@@ -189,7 +190,7 @@ def two_exports(tiny, tmp_path_factory):
     a, b = root / "a", root / "b"
     assert _export(tiny, a, "--output_op", "none").returncode == 0
     proc = run_module("export", "--config", tiny[0], "--model_path", tiny[1], "--save_dir", b,
-                      "--program", "both")
+                      "--program", "both", "--engine", "onednn")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return a, b
 
@@ -239,9 +240,9 @@ def test_a_kill_at_any_step_of_the_switch_over_leaves_one_complete_export(two_ex
         assert sorted(os.listdir(case)) == ["inference"], step  # staging and backups gone
         seen.append(version)
         step += 1
-    # journal, 3 backups (deploy.yaml first), 3 of the 4 new files in: the previous export; the
-    # 4th (deploy.yaml, the commit) and the clean-up after it: the new one
-    assert seen[:7] == ["A"] * 7 and set(seen[7:]) == {"B"}, seen
+    # journal, 4 backups (deploy.yaml first), 4 of the 5 new files in: the previous export; the
+    # 5th (deploy.yaml, the commit) and the clean-up after it: the new one
+    assert seen[:9] == ["A"] * 9 and set(seen[9:]) == {"B"}, seen
 
 
 def test_the_next_export_recovers_a_killed_switch_over(tiny, two_exports, tmp_path):
@@ -249,8 +250,8 @@ def test_the_next_export_recovers_a_killed_switch_over(tiny, two_exports, tmp_pa
     assert killed and not (out / "deploy.yaml").exists()
     assert _export(tiny, out, "--output_op", "argmax").returncode == 0
     assert sorted(os.listdir(tmp_path)) == ["inference"]
-    assert sorted(os.listdir(out)) == ["deploy.yaml", "model.pdiparams", "model.pdmodel",
-                                       "notes.txt", "results"]
+    assert sorted(os.listdir(out)) == ["deploy.yaml", "model.openvino.pdmodel", "model.pdiparams",
+                                       "model.pdmodel", "notes.txt", "results"]
     assert (out / "results" / "mask.png").read_bytes() == b"user's result"
     assert _run_export(out).dtype == np.int32
 
@@ -312,7 +313,8 @@ def test_a_marker_of_an_older_version_is_one_error_and_re_export_works(tiny, tmp
     assert str(e.value) == (f"{out}: holds an interrupted export (`mobileseg export` was stopped "
                             f"while replacing its files): re-export the model into it")
     assert _export(tiny, out, "--output_op", "softmax").returncode == 0
-    assert sorted(os.listdir(out)) == ["deploy.yaml", "model.pdiparams", "model.pdmodel"]
+    assert sorted(os.listdir(out)) == ["deploy.yaml", "model.openvino.pdmodel", "model.pdiparams",
+                                       "model.pdmodel"]
     assert DeployConfig(str(out)).output_op == "softmax"
 
 
@@ -322,7 +324,7 @@ def test_a_user_file_named_like_a_new_export_file_is_not_replaced(tiny, tmp_path
     (out / "model.json").write_text("the user's own json")
     before = digests(out)
     proc = run_module("export", "--config", tiny[0], "--model_path", tiny[1], "--save_dir", out,
-                      "--program", "both")
+                      "--program", "both", "--engine", "onednn")
     line = _error_line(proc)
     assert line == (f"mobileseg export: error: --save_dir {out}: model.json is not a file of the "
                     f"export there (its deploy.yaml does not name it) and would be replaced; "

@@ -74,6 +74,30 @@ def test_cli_writes_masks_and_overlays(tmp_path):
                               cv2.imread(str(out / "masks" / f"{stem}.png"), 0))
 
 
+def test_every_cpu_engine_writes_the_same_masks(tmp_path, monkeypatch):
+    """``--engine`` (PaddleSeg's ``--enable_mkldnn False`` is the plain kernels): the same
+    label maps from oneDNN, OpenVINO and the plain kernels, and the working directory stays
+    empty (OpenVINO compiles into the user's cache folder)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), _image(97, 130, 5))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MOBILESEG_CACHE", str(tmp_path / "cache"))
+    masks = {}
+    for flags in (["--engine", "onednn"], ["--engine", "openvino"], ["--engine", "plain"],
+                  ["--enable_mkldnn", "False"]):
+        out = tmp_path / "out" / "_".join(flags)
+        assert I.main(["--config", exports()["mobilenetv2"][SERVED], "--image_path",
+                       str(images), "--save_dir", str(out), *flags]) == 0
+        masks[" ".join(flags)] = cv2.imread(str(out / "masks" / "a.png"), 0)
+    first = next(iter(masks.values()))
+    for flags, mask in masks.items():
+        assert (mask == first).mean() > 0.999, flags
+    assert os.listdir(cwd) == []
+
+
 def test_onnx_fixed_size_export_resizes_in_and_back():
     """A static-shape export: the image is resized to the exported size and the output
     (logits here) resized back before the argmax."""

@@ -272,9 +272,7 @@ def cmake_options(tailor_dir, fp16=True, tag=VERSION, ndk=None):
 def cache_root(cache_dir=None):
     if cache_dir:
         return os.path.abspath(cache_dir)
-    base = os.environ.get("MOBILESEG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                             "mobileseg")
-    return os.path.join(base, "lite-arm")
+    return resources.cache_dir("lite-arm")
 
 
 def _tailoring(models, fp16):

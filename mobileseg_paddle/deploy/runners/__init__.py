@@ -8,7 +8,7 @@ first output as numpy out. It is built from
   export, which has no deploy.yaml, or the program Lite converted) or
   ``ModelFiles.from_onnx(path)``,
 
-and ``PredictorOptions`` (threads, oneDNN, GPU, TensorRT, shape-range collection, ...)::
+and ``PredictorOptions`` (threads, CPU engine, GPU, TensorRT, shape-range collection, ...)::
 
     runner = create_runner(DeployConfig("output/inference"), "auto", PredictorOptions())
     out = runner(x)
@@ -17,15 +17,18 @@ One module per backend behind the same interface, ``paddle_inference`` and ``onn
 (imported only when used: this package and the onnxruntime one import no paddle, so the
 onnxruntime benchmark workers run without Paddle's OpenMP and oneDNN libraries loaded).
 
-Adding an engine (OpenVINO, ...) or a precision (int8, bf16 on CPU, ...): its option here
-(``PredictorOptions`` with ``engine``, ``ENGINES``, ``PRECISIONS``, checked in ``check``),
-its set-up in the backend modules' ``ENGINES`` tables."""
+Paddle Inference's CPU engines (``--engine``): oneDNN, its bundled OpenVINO (the whole program
+as one op), or its plain CPU kernels; ``auto`` runs the one the export recorded as fastest
+(``mobileseg export --engine``; oneDNN for bare files and older exports).
+
+Adding an engine or a precision (int8, bf16 on CPU, ...): its option here (``ENGINES``,
+``PRECISIONS``, checked in ``check``), its set-up in the backend modules' ``ENGINES`` tables."""
 
 import importlib
 import os
 from dataclasses import dataclass, replace
 
-from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
+from mobileseg_paddle.deploy.deploy_yaml import CPU_ENGINES, DEFAULT_CPU_ENGINE, DeployConfig
 from mobileseg_paddle.errors import UserError
 
 BACKENDS = {  # --backend value -> its module: check_device(opts), create(files, opts)
@@ -35,8 +38,10 @@ BACKENDS = {  # --backend value -> its module: check_device(opts), create(files,
 DEVICES = ("cpu", "gpu")
 PROGRAMS = ("auto", "legacy", "pir")
 PRECISIONS = ("fp32", "fp16", "int8")
-# what runs the graph: oneDNN or Paddle's plain CPU kernels, CUDA, or TensorRT (on CUDA)
-ENGINES = ("onednn", "plain", "gpu", "tensorrt")
+# what runs the graph: on the CPU (``CPU_ENGINES``) oneDNN, OpenVINO or Paddle's plain
+# kernels; CUDA, or TensorRT (on CUDA)
+ENGINES = CPU_ENGINES + ("gpu", "tensorrt")
+ENGINE_CHOICES = ("auto",) + CPU_ENGINES  # the --engine values
 
 
 def cpu_count():
@@ -51,7 +56,9 @@ class PredictorOptions:
     Inference's own set-up, as a user of a bare program gets it."""
 
     device: str = "cpu"               # cpu | gpu
-    enable_mkldnn: bool = True        # oneDNN on CPU (else Paddle's plain CPU kernels)
+    engine: str = "auto"              # CPU: auto (the export's recorded engine) | onednn |
+    #                                   openvino | plain; ``resolve`` makes it one of ENGINES
+    enable_mkldnn: bool = True        # PaddleSeg's flag: False is engine plain
     cpu_threads: int = 0              # 0: all usable CPUs
     ir_optim: bool = True
     program: str = "auto"             # auto (legacy if exported) | legacy | pir
@@ -74,20 +81,36 @@ class PredictorOptions:
     collect_shape_range_file: str = None  # Paddle: record every tensor's shape range here
     #                                       (written when the runner is closed)
     profile_file_prefix: str = None   # onnxruntime: write its profile (JSON) under this prefix
+    openvino_cache_dir: str = None    # OpenVINO's compiled models (None: in
+    #                                   ``resources.cache_dir("openvino")``)
 
-    @property
-    def engine(self):
-        """One of ``ENGINES``: what these options run the graph on."""
+    def resolve(self, recorded=None):
+        """These options with ``engine`` one of ``ENGINES``: GPU or TensorRT on a GPU, else
+        the CPU engine asked, with auto ``recorded`` (an export's default) or oneDNN, and
+        ``--enable_mkldnn False`` plain."""
+        self.check()
         if self.device == "gpu":
-            return "tensorrt" if self.use_trt else "gpu"
-        return "onednn" if self.enable_mkldnn else "plain"
+            return replace(self, engine="tensorrt" if self.use_trt else "gpu")
+        if self.engine in ("gpu", "tensorrt"):
+            return self
+        engine = self.engine
+        if not self.enable_mkldnn:
+            if engine not in ("auto", "plain"):
+                raise UserError(f"--enable_mkldnn False asks for the plain CPU kernels, "
+                                f"--engine {engine} for another engine: pass one of them")
+            engine = "plain"
+        elif engine == "auto":
+            engine = recorded or DEFAULT_CPU_ENGINE
+        return replace(self, engine=engine)
 
     def check(self):
         """Refuse values no backend knows, naming the flag."""
         for flag, value, allowed in (("--device", self.device, DEVICES),
+                                     ("--engine", self.engine, ("auto",) + ENGINES),
                                      ("--program", self.program, PROGRAMS),
                                      ("--precision", self.precision, PRECISIONS)):
             if value not in allowed:
+                allowed = ENGINE_CHOICES if flag == "--engine" else allowed
                 raise UserError(f"{flag}: expected one of {', '.join(allowed)}, got {value!r}")
         if self.use_trt and self.device != "gpu":
             raise UserError("--use_trt needs --device gpu")
@@ -134,12 +157,13 @@ class ModelFiles:
         return cls("onnx", path, onnx=path, dynamic_shape=dynamic_shape)
 
     @classmethod
-    def of(cls, model, backend, program="auto"):
-        """The files ``backend`` loads from ``model`` (a ``DeployConfig`` or ``ModelFiles``)."""
+    def of(cls, model, backend, program="auto", engine=None):
+        """The files ``backend`` loads from ``model`` (a ``DeployConfig`` or ``ModelFiles``)
+        for ``engine`` (resolved: OpenVINO runs an export's own program for it)."""
         if isinstance(model, cls):
             files = model
         elif isinstance(model, DeployConfig):
-            files = cls._of_deploy(model, backend, program)
+            files = cls._of_deploy(model, backend, program, engine)
         else:
             raise TypeError(f"expected a DeployConfig or ModelFiles, got {type(model).__name__}")
         if backend == "paddle" and files.format != "paddle":
@@ -148,10 +172,14 @@ class ModelFiles:
         if backend == "onnxruntime" and files.format != "onnx":
             raise UserError(f"{files.source}: a Paddle export; onnxruntime needs an export "
                             f"made with --format onnx")
+        if engine == "openvino" and files.program_kind != "legacy":
+            raise UserError(f"{files.source}: --engine openvino runs a legacy program "
+                            f"(.pdmodel), not {os.path.basename(files.program)}: use --engine "
+                            f"onednn or plain")
         return files
 
     @classmethod
-    def _of_deploy(cls, deploy, backend, program):
+    def _of_deploy(cls, deploy, backend, program, engine=None):
         dynamic = deploy.dynamic_hw or deploy.input_shape[0] == -1
         if deploy.format != ("onnx" if backend == "onnxruntime" else "paddle"):
             return cls(deploy.format, deploy.path)  # the other backend's: refused by ``of``
@@ -161,8 +189,20 @@ class ModelFiles:
             program = "legacy" if "legacy" in deploy.files else "pir"
         if program not in ("legacy", "pir"):
             raise UserError(f"--program: expected auto, legacy or pir, got {program!r}")
+        if engine == "openvino" and program == "pir":
+            raise UserError(f"{deploy.path}: --engine openvino runs the legacy program, not "
+                            f"the PIR one (" + ("leave out --program pir)" if "legacy" in
+                            deploy.files else "exported with --program pir: re-export with "
+                            "--program both, or use --engine onednn)"))
+        if engine == "openvino":
+            if "openvino" not in deploy.files:  # its pooling form is wrong on OpenVINO
+                raise UserError(f"{deploy.path}: --engine openvino needs an export of this "
+                                f"version (model.openvino.pdmodel); re-export the model or use "
+                                f"--engine onednn")
+            program = "openvino"
         return cls("paddle", deploy.path, program=deploy.file(program),
-                   params=deploy.file("params"), program_kind=program, dynamic_shape=dynamic)
+                   params=deploy.file("params"), program_kind="pir" if program == "pir"
+                   else "legacy", dynamic_shape=dynamic)
 
 
 class Runner:
@@ -211,13 +251,24 @@ def create_runner(model, backend="auto", opts=None):
     """A runner of ``model`` (a ``DeployConfig`` or ``ModelFiles``) on ``backend`` (auto,
     paddle, onnxruntime) set up as ``opts`` (``PredictorOptions``) asks."""
     backend = resolve_backend(model, backend)
-    opts = (opts or PredictorOptions()).check()
+    if backend == "onnxruntime" and opts is not None and opts.engine != "auto":
+        raise UserError(f"--engine {opts.engine}: the engines are Paddle Inference's; an ONNX "
+                        f"export runs on onnxruntime (leave --engine out)")
+    opts = resolve_options(model, opts)
     module = backend_module(backend)
     module.check_device(opts)
-    files = ModelFiles.of(model, backend, opts.program)
+    files = ModelFiles.of(model, backend, opts.program, opts.engine)
     return module.create(files, opts)
 
 
-__all__ = ["BACKENDS", "DEVICES", "ENGINES", "PRECISIONS", "PROGRAMS", "ModelFiles",
-           "PredictorOptions", "Runner", "check_device", "cpu_count", "create_runner",
-           "resolve_backend"]
+def resolve_options(model, opts=None):
+    """``opts`` (default ``PredictorOptions()``) resolved for ``model``: engine auto is the
+    engine its deploy.yaml records, unless PIR is asked for (OpenVINO runs the legacy one)."""
+    opts = opts or PredictorOptions()
+    recorded = getattr(model, "engine", None) if opts.program != "pir" else None
+    return opts.resolve(recorded)
+
+
+__all__ = ["BACKENDS", "DEVICES", "ENGINES", "ENGINE_CHOICES", "PRECISIONS", "PROGRAMS",
+           "ModelFiles", "PredictorOptions", "Runner", "check_device", "cpu_count",
+           "create_runner", "resolve_backend", "resolve_options"]

@@ -1,16 +1,28 @@
 """Paddle Inference runner: ``PredictorOptions`` -> ``paddle.inference.Config`` -> predictor.
 
 The engines (``PredictorOptions.engine``) are set up by the functions of ``ENGINES``; the
-TensorRT precisions are in ``TRT_PRECISIONS``."""
+TensorRT precisions are in ``TRT_PRECISIONS``.
 
+OpenVINO (``enable_openvino_engine``, bundled with the CPU wheel): Paddle's analysis turns the
+whole legacy program into one ``openvino_engine`` op, which compiles the program file with
+OpenVINO's CPU plugin (FP32, ``set_cpu_math_library_num_threads`` threads, its default latency
+hint: Paddle passes nothing else) and caches the compiled model in ``set_optim_cache_dir`` (by
+default ``./__cache__``, the working directory: here a folder of ``resources.cache_dir``). It reads the
+program from a file, not from a buffer, and its Paddle frontend takes the parameters from the
+file of the program's own name with ``.pdiparams``: the program is staged as ``model.pdmodel``
+beside a ``model.pdiparams`` link in that cache folder (``_openvino_files``)."""
+
+import hashlib
 import os
+import shutil
 
 import numpy as np
 import paddle
 import paddle.inference as pi
 from paddle.base import core
 
-from mobileseg_paddle.deploy.runners import ModelFiles, Runner, cpu_count
+from mobileseg_paddle import resources
+from mobileseg_paddle.deploy.runners import ModelFiles, Runner, cpu_count, resolve_options
 from mobileseg_paddle.errors import UserError, one_line
 
 TRT_PRECISIONS = {"fp32": "Float32", "fp16": "Half", "int8": "Int8"}  # -> pi.PrecisionType
@@ -40,20 +52,23 @@ def make_config(model, opts, config_cls=None):
 
     ``config_cls`` replaces ``paddle.inference.Config`` (the tests pass a recorder to check the
     GPU/TensorRT calls, which a CPU build of Paddle refuses)."""
-    opts.check()
-    files = ModelFiles.of(model, "paddle", opts.program)
+    opts = resolve_options(model, opts)
+    files = ModelFiles.of(model, "paddle", opts.program, opts.engine)
     config_cls = config_cls or pi.Config
     if opts.engine == "onednn" and opts.onednn_interp and files.program_kind == "legacy":
         config = config_cls()
         prog = mark_onednn_interpolations(_read(files.program))
         params = _read(files.params)
         config.set_model_buffer(prog, len(prog), params, len(params))
+    elif opts.engine == "openvino":
+        config = config_cls(*_openvino_files(files, opts))
     else:
         config = config_cls(files.program, files.params)
     config.switch_ir_optim(opts.ir_optim)
     ENGINES[opts.engine](config, files, opts)
-    if files.program_kind == "legacy" and opts.memory_optim:
-        # (on a PIR program Paddle 3.3.1 fails with "Not find ... memory_optimize_pass")
+    if files.program_kind == "legacy" and opts.memory_optim and opts.engine != "openvino":
+        # (on a PIR program Paddle 3.3.1 fails with "Not find ... memory_optimize_pass"; under
+        # OpenVINO no Paddle buffer is left to reuse)
         config.enable_memory_optim()
     if opts.collect_shape_range_file:
         config.collect_shape_range_info(opts.collect_shape_range_file)
@@ -79,6 +94,49 @@ def _onednn(config, files, opts):
 def _plain(config, files, opts):
     _cpu(config, opts)
     config.disable_mkldnn()
+
+
+def _openvino(config, files, opts):
+    if not opts.ir_optim:  # the analysis pass is what hands the program to OpenVINO
+        raise UserError("--engine openvino needs --ir_optim True")
+    if opts.collect_shape_range_file:
+        raise UserError("shape ranges are collected on Paddle's own ops: use --engine onednn "
+                        "or plain")
+    _cpu(config, opts)
+    config.disable_mkldnn()
+    config.set_optim_cache_dir(os.path.join(_openvino_dir(files, opts), "compiled"))
+    config.enable_openvino_engine(pi.PrecisionType.Float32)
+
+
+def _openvino_dir(files, opts):
+    """The cache folder of one program: under ``opts.openvino_cache_dir`` (or this user's
+    ``resources.cache_dir("openvino")``), named after the program's path."""
+    root = opts.openvino_cache_dir or resources.cache_dir("openvino")
+    key = hashlib.sha1(os.path.realpath(files.program).encode("utf-8", "surrogateescape"))
+    return os.path.join(root, key.hexdigest()[:16])
+
+
+def _openvino_files(files, opts):
+    """(program, params) paths for OpenVINO: the export's files under the names its Paddle
+    frontend pairs (``model.pdmodel``, ``model.pdiparams``), as links in the cache folder."""
+    folder = _openvino_dir(files, opts)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        staged = []
+        for source, name in ((files.program, "model.pdmodel"), (files.params, "model.pdiparams")):
+            path = os.path.join(folder, name)
+            tmp = f"{path}.tmp{os.getpid()}"
+            try:
+                os.symlink(os.path.realpath(source), tmp)
+            except OSError:  # no symbolic links here (Windows without the privilege)
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, path)  # atomic: another process may be staging the same program
+            staged.append(path)
+    except OSError as e:
+        raise UserError(f"--engine openvino: cannot write its cache folder {folder}: "
+                        f"{e.strerror or e} (set MOBILESEG_CACHE to a writable folder)"
+                        ) from None
+    return staged
 
 
 def _gpu(config, files, opts):
@@ -113,7 +171,8 @@ def _tensorrt(config, files, opts):
                         "images) or pass --auto_tuned_shape_file")
 
 
-ENGINES = {"onednn": _onednn, "plain": _plain, "gpu": _gpu, "tensorrt": _tensorrt}
+ENGINES = {"onednn": _onednn, "openvino": _openvino, "plain": _plain, "gpu": _gpu,
+           "tensorrt": _tensorrt}
 
 
 def _read(path):
@@ -152,8 +211,9 @@ class PaddleInferenceRunner(Runner):
         except UserError:
             raise
         except Exception as e:  # an unreadable or damaged program or parameter file
+            how = f" on --engine {opts.engine}" if opts.engine == "openvino" else ""
             raise UserError(f"cannot load the program {files.program} with the parameters "
-                            f"{files.params}: {one_line(e)}") from None
+                            f"{files.params}{how}: {one_line(e)}") from None
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
 

@@ -23,7 +23,14 @@ import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, Normal
 from paddle.regularizer import L2Decay
 
-from mobileseg_paddle.models.layers import ConvBNAct, channel_shuffle, spatial_size
+from mobileseg_paddle.models.layers import (
+    ConvBNAct,
+    concat_shuffle,
+    gathers_nearest,
+    nearest_source_index,
+    resize_nearest,
+    spatial_size,
+)
 
 __all__ = ["LiteHRNet", "Lite_HRNet_18", "Lite_HRNet_30", "Lite_HRNet_naive",
            "Lite_HRNet_wider_naive"]
@@ -84,7 +91,7 @@ class Stem(nn.Layer):
     def forward(self, x):
         x1, x2 = paddle.chunk(self.conv1(x), 2, axis=1)
         x2 = self.linear_conv(self.depthwise_conv(self.expand_conv(x2)))
-        return channel_shuffle(paddle.concat([self.branch1(x1), x2], axis=1), 2)
+        return concat_shuffle([self.branch1(x1), x2])
 
 
 class CrossResolutionWeighting(nn.Layer):
@@ -101,8 +108,9 @@ class CrossResolutionWeighting(nn.Layer):
         self.sigmoid = nn.Sigmoid()
         self.copy_last = False  # set by prepare_for_deploy(model, "lite"): see there
 
-    def forward(self, xs):
+    def forward(self, xs, up=None):
         n = len(xs)
+        up = up or BranchUpsampler()
         last = F.avg_pool2d(xs[-1], 1, 1) if self.copy_last else xs[-1]  # an identity
         # ceil_mode keeps every pooled size equal to the lowest branch's ceil-size. A partial
         # border window averages only its real pixels (paddle clips windows to the input;
@@ -111,8 +119,35 @@ class CrossResolutionWeighting(nn.Layer):
                                exclusive=True) for k, x in enumerate(xs[:-1])]
         w = self.sigmoid(self.conv2(self.conv1(paddle.concat(pooled + [last], axis=1))))
         ws = paddle.split(w, self.channels, axis=1)
-        return [x * F.interpolate(a, spatial_size(x), mode="nearest")
-                for x, a in zip(xs, ws)]
+        # every weight map has the lowest branch's size
+        return [x * up(a, x, n - 1, k) for k, (x, a) in enumerate(zip(xs, ws))]
+
+
+class BranchUpsampler:
+    """Nearest upsampling from branch ``src`` to the size of a tensor of branch ``dst``
+    (``resize_nearest``). All tensors of a branch have one size, so in a dynamic-size trace the
+    size of each branch and the index vectors of each branch pair are traced once per forward,
+    not at every resize. ``gather=False`` keeps ``F.interpolate`` in every trace."""
+
+    def __init__(self, gather=True):
+        self.gather = gather
+        self.index, self.sizes = {}, {}
+
+    def __call__(self, x, ref, src, dst):
+        if dst not in self.sizes:
+            self.sizes[dst] = spatial_size(ref)
+        size = self.sizes[dst]
+        if not (self.gather and gathers_nearest()):
+            return F.interpolate(x, size, mode="nearest")
+        if src == dst:  # same size: nearest is the identity
+            return x
+        if isinstance(size, list):  # fixed size: constant forms, nothing to share
+            return resize_nearest(x, size)
+        if (src, dst) not in self.index:
+            src_size = spatial_size(x)
+            self.index[src, dst] = [nearest_source_index(src_size[k], size[k])
+                                    for k in range(2)]
+        return resize_nearest(x, size, self.index[src, dst])
 
 
 class SpatialWeighting(nn.Layer):
@@ -141,12 +176,11 @@ class ConditionalChannelWeightingBlock(nn.Layer):
             [conv_norm(c, c, 3, groups=c, **norm) for c in halves])
         self.spatial_weighting = nn.LayerList([SpatialWeighting(c) for c in halves])
 
-    def forward(self, xs):
+    def forward(self, xs, up=None):
         halves = [paddle.chunk(x, 2, axis=1) for x in xs]
-        x2 = self.cross_resolution_weighting([h[1] for h in halves])
+        x2 = self.cross_resolution_weighting([h[1] for h in halves], up)
         x2 = [sw(dw(x)) for x, dw, sw in zip(x2, self.depthwise_convs, self.spatial_weighting)]
-        return [channel_shuffle(paddle.concat([h[0], b], axis=1), 2)
-                for h, b in zip(halves, x2)]
+        return [concat_shuffle([h[0], b]) for h, b in zip(halves, x2)]
 
 
 class ShuffleBlock(nn.Layer):
@@ -161,7 +195,7 @@ class ShuffleBlock(nn.Layer):
 
     def forward(self, x):
         x1, x2 = paddle.chunk(x, 2, axis=1)
-        return channel_shuffle(paddle.concat([x1, self.branch2(x2)], axis=1), 2)
+        return concat_shuffle([x1, self.branch2(x2)])
 
 
 class HRModule(nn.Layer):
@@ -197,9 +231,11 @@ class HRModule(nn.Layer):
             self.fuse_layers.append(nn.LayerList(row))
         self.relu = nn.ReLU()
 
-    def forward(self, xs):
+    def forward(self, xs, up=None):
+        up = up or BranchUpsampler()
         if isinstance(self.layers, nn.Sequential):
-            xs = self.layers(xs)
+            for block in self.layers:
+                xs = block(xs, up)
         else:
             xs = [branch(x) for branch, x in zip(self.layers, xs)]
         out, fused0 = [], None
@@ -212,7 +248,7 @@ class HRModule(nn.Layer):
             for j in range(1, len(xs)):
                 term = row[j](xs[j])
                 if j > i:
-                    term = F.interpolate(term, spatial_size(xs[i]), mode="nearest")
+                    term = up(term, xs[i], j, i)
                 y = y + term
             if i == 0:
                 fused0 = y
@@ -286,6 +322,9 @@ class LiteHRNet(nn.Layer):
         self.freeze_at = freeze_at
         self.return_idx = list(return_idx)
         self.use_head = use_head
+        # Nearest upsamplings as gathers in legacy-program traces (``resize_nearest``). Off for
+        # programs run by OpenVINO, whose conversion of the gather form is not exact.
+        self.gather_nearest = True
         block_type, num_modules, channels, reduce_ratio = CONFIGS[network_type]
         norm = dict(freeze_norm=freeze_norm, norm_decay=norm_decay)
 
@@ -328,11 +367,13 @@ class LiteHRNet(nn.Layer):
         return nn.LayerList(layers)
 
     def forward(self, x):
+        up = BranchUpsampler(self.gather_nearest)
         xs = [self.stem(x)]
         for s in range(NUM_STAGES):
             transition = getattr(self, f"transition{s}")
             xs = [t(xs[min(k, len(xs) - 1)]) for k, t in enumerate(transition)]
-            xs = getattr(self, f"stage{s}")(xs)
+            for module in getattr(self, f"stage{s}"):
+                xs = module(xs, up)
         if self.use_head:
             xs = self.head_layer(xs)
         # detach only stops gradients: not in eval mode, where Lite's FP16 ARM programs would read

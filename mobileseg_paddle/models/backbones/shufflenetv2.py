@@ -11,7 +11,7 @@ Sub-layer names reproduce the official state-dict keys: ``_conv1``, then the blo
 import paddle
 import paddle.nn as nn
 
-from mobileseg_paddle.models.layers import ConvBNAct, channel_shuffle
+from mobileseg_paddle.models.layers import ConvBNAct, concat_shuffle
 
 __all__ = ["ShuffleNetV2", "ShuffleNetV2_x0_25", "ShuffleNetV2_x0_33", "ShuffleNetV2_x0_5",
            "ShuffleNetV2_x1_0", "ShuffleNetV2_x1_5", "ShuffleNetV2_x2_0", "ShuffleNetV2_swish"]
@@ -44,7 +44,7 @@ class ShuffleUnit(nn.Layer):
     def forward(self, x):
         kept, x = paddle.split(x, 2, axis=1)
         x = self._conv_linear(self._conv_dw(self._conv_pw(x)))
-        return channel_shuffle(paddle.concat([kept, x], axis=1), 2)
+        return concat_shuffle([kept, x])
 
 
 class ShuffleDownUnit(nn.Layer):
@@ -65,7 +65,7 @@ class ShuffleDownUnit(nn.Layer):
     def forward(self, x):
         x1 = self._conv_linear_1(self._conv_dw_1(x))
         x2 = self._conv_linear_2(self._conv_dw_2(self._conv_pw_2(x)))
-        return channel_shuffle(paddle.concat([x1, x2], axis=1), 2)
+        return concat_shuffle([x1, x2])
 
 
 class ShuffleNetV2(nn.Layer):

@@ -1,7 +1,8 @@
 """The Paddle Inference runner: exports (and the bare files of paddleseg's export form) give
-the dygraph model's outputs (relative error <= 1e-4) with oneDNN on and off, legacy and PIR
-programs; the oneDNN interpolation marking; the GPU/TensorRT configuration as far as a CPU build
-of Paddle allows (see test_tensorrt_*).
+the dygraph model's outputs (relative error <= 1e-4) on each CPU engine (oneDNN, OpenVINO, the
+plain kernels), legacy and PIR programs; the oneDNN interpolation marking; the GPU/TensorRT
+configuration as far as a CPU build of Paddle allows (see test_tensorrt_*). The engine choice
+itself: tests/deploy/runners/test_engines.py.
 
 Weights and BatchNorm statistics are random (``helpers.numerics.randomize_``); the exports come
 from tests/deploy/test_export.py's ``exports()``."""
@@ -24,16 +25,18 @@ TOL = 1e-4
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_paddle_inference_matches_dygraph(name, dygraph_case):
+@pytest.mark.parametrize("engine", ["onednn", "openvino", "plain"])
+def test_paddle_inference_matches_dygraph(name, engine, dygraph_case, tmp_path):
+    """Each CPU engine, both sizes (one not a multiple of 32) in one predictor."""
     deploy = DeployConfig(exports()[name]["paddle"])
-    for onednn in (True, False):
-        runner = R.create_runner(deploy, "paddle", R.PredictorOptions(enable_mkldnn=onednn))
-        assert runner.backend == "paddle"
+    opts = R.PredictorOptions(engine=engine, openvino_cache_dir=str(tmp_path))
+    with R.create_runner(deploy, "paddle", opts) as runner:
+        assert runner.backend == "paddle" and runner.opts.engine == engine
         for size, (x, ref) in dygraph_case(name).items():
             out = runner(x)
             assert out.shape == ref.shape
             err = max_rel_err(out, ref)
-            assert err <= TOL, f"{name} oneDNN={onednn} {size}: relative error {err:.2e}"
+            assert err <= TOL, f"{name} {engine} {size}: relative error {err:.2e}"
 
 
 def test_pir_program_matches_dygraph(dygraph_case):
@@ -48,7 +51,7 @@ def test_pir_program_matches_dygraph(dygraph_case):
             assert err <= TOL, f"PIR oneDNN={onednn} {size}: relative error {err:.2e}"
 
 
-def test_bare_program_files_run_as_the_export(dygraph_case):
+def test_bare_program_files_run_as_the_export(dygraph_case, tmp_path):
     """Bare program + parameter files (paddleseg's export has no deploy.yaml): the program
     kind comes from the file name, and Paddle's own set-up (``paddle_defaults``) computes the
     same maths; ``feed``/``run``/``fetch`` is ``runner(x)`` in three steps."""
@@ -56,16 +59,20 @@ def test_bare_program_files_run_as_the_export(dygraph_case):
     params = os.path.join(folder, "model.pdiparams")
     legacy = R.ModelFiles.from_paddle(os.path.join(folder, "model.pdmodel"), params)
     pir = R.ModelFiles.from_paddle(os.path.join(folder, "model.json"), params)
+    openvino = R.ModelFiles.from_paddle(os.path.join(folder, "model.openvino.pdmodel"), params)
     assert (legacy.program_kind, pir.program_kind) == ("legacy", "pir")
     x, ref = dygraph_case("mobilenetv2")[(128, 256)]
     for files, opts in ((legacy, R.PredictorOptions().paddle_defaults()),
+                        (openvino, R.PredictorOptions(engine="openvino",
+                                                    openvino_cache_dir=str(tmp_path))),
                         (legacy, R.PredictorOptions(enable_mkldnn=False).paddle_defaults()),
                         (pir, R.PredictorOptions(enable_mkldnn=False).paddle_defaults()),
                         (pir, R.PredictorOptions())):
         with R.create_runner(files, "auto", opts) as runner:
             assert runner.backend == "paddle"
             err = max_rel_err(runner(x), ref)
-            assert err <= TOL, f"{files.program} {opts.engine}: relative error {err:.2e}"
+            err_at = f"{files.program} {runner.opts.engine}"
+            assert err <= TOL, f"{err_at}: relative error {err:.2e}"
             runner.feed(x)
             runner.run()
             assert max_rel_err(runner.fetch(), ref) <= TOL
@@ -75,16 +82,18 @@ def test_bare_program_files_run_as_the_export(dygraph_case):
 
 def test_options_refuse_unknown_values():
     for kwargs, flag in (({"device": "npu"}, "--device"), ({"program": "old"}, "--program"),
-                         ({"precision": "fp64"}, "--precision")):
+                         ({"precision": "fp64"}, "--precision"), ({"engine": "fast"}, "--engine")):
         with pytest.raises(UserError, match=flag):
             R.PredictorOptions(**kwargs).check()
     with pytest.raises(UserError, match="--use_trt needs --device gpu"):
         R.PredictorOptions(use_trt=True).check()
     with pytest.raises(UserError, match="--backend"):
         R.create_runner(DeployConfig(exports()["mobilenetv2"]["paddle"]), "tensorflow")
-    assert [R.PredictorOptions(**kw).engine for kw in (
-        {}, {"enable_mkldnn": False}, {"device": "gpu"}, {"device": "gpu", "use_trt": True})] \
-        == ["onednn", "plain", "gpu", "tensorrt"] == list(R.ENGINES) == list(P.ENGINES)
+    assert [R.PredictorOptions(**kw).resolve().engine for kw in (
+        {}, {"engine": "openvino"}, {"enable_mkldnn": False}, {"device": "gpu"},
+        {"device": "gpu", "use_trt": True})] \
+        == ["onednn", "openvino", "plain", "gpu", "tensorrt"] == list(R.ENGINES) \
+        == list(P.ENGINES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,10 +111,12 @@ def test_onednn_marks_only_exact_interpolations():
     on = [op for op in interp if op.has_attr("use_mkldnn") and op.attr("use_mkldnn")]
     assert on and all(op.type() == "bilinear_interp_v2" and not op.attr("align_corners")
                       for op in on)
-    # Lite-HRNet's head upsamples with align_corners=True and its weighting with nearest:
-    # oneDNN computes both differently, so they stay on Paddle's kernels
+    # Lite-HRNet's head upsamples with align_corners=True, which oneDNN computes differently,
+    # so it stays on Paddle's kernel. Its nearest upsamplings are gathers in a dynamic-size
+    # program (layers.resize_nearest): no nearest interpolation is left to mark.
     assert any(op.attr("align_corners") for op in interp if op not in on)
-    assert any(op.type() == "nearest_interp_v2" for op in interp)
+    assert not any(op.type() == "nearest_interp_v2" for op in interp)
+    assert any(op.type() == "gather" for op in ops)
 
 
 # ----------------------------------------------------------------------------------------------

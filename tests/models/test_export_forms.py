@@ -1,0 +1,130 @@
+"""The traced forms of nearest upsampling and channel shuffle (``layers.resize_nearest``,
+``layers.concat_shuffle``) against the dygraph ops they replace: exact at every size, in both
+program formats, for fixed and dynamic H/W; and what Lite-HRNet's dynamic legacy program holds."""
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+import pytest
+
+from mobileseg_paddle.models.backbones import lite_hrnet
+from mobileseg_paddle.models.export_rewrites import legacy_tracing
+from mobileseg_paddle.models.layers import (
+    concat_shuffle,
+    nearest_source_index,
+    resize_nearest,
+    spatial_size,
+)
+
+
+def channel_shuffle(x, groups):
+    """The textbook channel shuffle (reshape, transpose, reshape), on dygraph tensors."""
+    n, c, h, w = x.shape
+    x = paddle.reshape(x, [n, groups, c // groups, h, w])
+    return paddle.reshape(paddle.transpose(x, [0, 2, 1, 3, 4]), [n, c, h, w])
+
+
+def rand(shape, seed=0):
+    return paddle.to_tensor(np.random.default_rng(seed).standard_normal(shape).astype("float32"))
+
+
+def guard(program):
+    return (paddle.pir_utils.DygraphOldIrGuard() if program == "legacy"
+            else paddle.pir_utils.DygraphPirGuard())
+
+
+def legacy_ops(static_layer):
+    return [op.type for op in static_layer.forward.concrete_program.main_program.global_block().ops]
+
+
+def test_nearest_source_index_is_paddles():
+    # every pair of small sizes, and Lite-HRNet's pairs (ceil(T / 2^d) -> T) up to 300
+    pairs = [(i, o) for i in range(1, 25) for o in range(1, 60)]
+    pairs += [(-(-t // 2 ** d), t) for d in (1, 2, 3) for t in range(1, 301)] + [(2, 82)]
+    for n_in, n_out in pairs:
+        x = paddle.arange(n_in, dtype="float32").reshape([1, 1, 1, n_in])
+        got = F.interpolate(x, [1, n_out], mode="nearest").numpy().ravel()
+        np.testing.assert_array_equal(got, nearest_source_index(n_in, n_out),
+                                      err_msg=f"{n_in} -> {n_out}")
+    # the float32 ratio matters: the exact fraction k * n_in // n_out differs here
+    assert (nearest_source_index(2, 82) != np.arange(82) * 2 // 82).any()
+
+
+class Resize(nn.Layer):
+    def forward(self, x, ref):
+        return resize_nearest(x, spatial_size(ref))
+
+
+# (in H, in W, out H, out W): integer factors, odd sizes, one axis of each, identity
+SIZES = [(32, 64, 64, 128), (8, 16, 64, 32), (7, 9, 13, 17), (2, 3, 5, 9), (7, 8, 13, 16),
+         (25, 41, 50, 82), (13, 13, 13, 13)]
+
+
+@pytest.mark.parametrize("program", ["legacy", "pir"])
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "fixed"])
+@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: "{}x{}-{}x{}".format(*s))
+def test_resize_nearest_traced_equals_interpolate(program, dynamic, sizes):
+    ih, iw, oh, ow = sizes
+    x, ref = rand([2, 3, ih, iw]), paddle.zeros([2, 1, oh, ow])
+    want = F.interpolate(x, [oh, ow], mode="nearest").numpy()
+    np.testing.assert_array_equal(resize_nearest(x, [oh, ow]).numpy(), want)  # dygraph
+    spec = [paddle.static.InputSpec([None, 3] + ([None, None] if dynamic else [ih, iw])),
+            paddle.static.InputSpec([None, 1] + ([None, None] if dynamic else [oh, ow]))]
+    with guard(program), legacy_tracing():
+        static = paddle.jit.to_static(Resize(), input_spec=spec, full_graph=True)
+        got = static(x, ref).numpy()
+        ops = legacy_ops(static) if program == "legacy" else None
+    np.testing.assert_array_equal(got, want)
+    if ops is not None:
+        integer = oh % ih == 0 and ow % iw == 0
+        # the interpolation stays only where oneDNN computes it as Paddle does
+        assert ("nearest_interp_v2" in ops) == (integer and not dynamic), ops
+        assert ("gather" in ops) == (dynamic or not integer), ops
+
+
+class Shuffle(nn.Layer):
+    def forward(self, a, b):
+        return concat_shuffle([a, b])
+
+
+@pytest.mark.parametrize("program", ["legacy", "pir"])
+def test_concat_shuffle_equals_channel_shuffle(program):
+    spec = [paddle.static.InputSpec([None, 5, None, None])] * 2
+    with guard(program), legacy_tracing():
+        static = paddle.jit.to_static(Shuffle(), input_spec=spec, full_graph=True)
+        for shape in ([1, 5, 7, 9], [2, 5, 16, 33]):
+            a, b = rand(shape, 1), rand(shape, 2)
+            want = channel_shuffle(paddle.concat([a, b], axis=1), 2).numpy()
+            np.testing.assert_array_equal(concat_shuffle([a, b]).numpy(), want)
+            np.testing.assert_array_equal(static(a, b).numpy(), want)
+        if program == "legacy":
+            ops = legacy_ops(static)
+            assert ops == ["stack", "flatten_contiguous_range"], ops  # no shape arithmetic
+
+
+def test_lite_hrnet_dynamic_legacy_program():
+    """No nearest interpolation, no runtime reshape of the shuffles, index vectors traced once
+    per branch pair and axis; the outputs equal dygraph at sizes off multiples of 32."""
+    paddle.seed(0)
+    net = lite_hrnet.Lite_HRNet_18()
+    net.eval()
+    spec = [paddle.static.InputSpec([None, 3, None, None], "float32")]
+    with guard("legacy"), legacy_tracing():
+        static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
+        for shape in ([1, 3, 97, 130], [1, 3, 64, 64], [1, 3, 200, 328]):
+            x = rand(shape)
+            for o, r in zip(static(x), net(x)):
+                np.testing.assert_allclose(o.numpy(), r.numpy(), rtol=1e-5, atol=1e-6)
+        ops = legacy_ops(static)
+    assert "nearest_interp_v2" not in ops and "transpose2" not in ops
+    # 32 weighting and 26 fuse upsamplings (those between equal sizes are left out), 2 axes each
+    assert ops.count("gather") == 2 * 58
+    assert ops.count("range") == 2 * 6  # branch pairs (3, 0) ... (1, 0)
+
+    net.gather_nearest = False  # the interpolations as they are (OpenVINO's program)
+    with guard("legacy"), legacy_tracing():
+        static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
+        static(rand([1, 3, 64, 96]))
+        ops = legacy_ops(static)
+    assert ops.count("nearest_interp_v2") == 74 and "gather" not in ops
