@@ -44,13 +44,13 @@ from mobileseg_paddle.builder import build_model
 from mobileseg_paddle.config import load_config, normalization
 from mobileseg_paddle.deploy import deploy_yaml
 from mobileseg_paddle.deploy.deploy_yaml import CPU_ENGINES, MIN_INPUT_SIZE, OUTPUT_OPS
+from mobileseg_paddle.deploy.runners import ENGINE_CHOICES, cpu_count
 from mobileseg_paddle.errors import UserError, run_main
 from mobileseg_paddle.models.export_rewrites import DeployModel, legacy_tracing, prepare_for_deploy
 
 PROGRAMS = ("both", "legacy", "pir")
 DEFAULT_ONNX_OPSET = 13
 MIN_ONNX_OPSET = 7  # paddle2onnx's lowest
-ENGINE_CHOICES = ("auto",) + CPU_ENGINES
 # --engine auto on a dynamic export: the input size the engines are timed at (the configs'
 # training crop, the size the benchmarks publish)
 DEFAULT_TUNE_SHAPE = (512, 1024)
@@ -304,18 +304,13 @@ def choose_engine(folder, files, engine, tune_input, threads=0):
     ``measure_engines`` on the export in ``folder``."""
     if engine != "auto":
         return {"default": engine, "chosen": "--engine"}
-    threads = threads or _cpu_count()
+    threads = threads or cpu_count()
     ms = measure_engines(folder, files, tune_input, threads)
     timed = {e: t for e, t in ms.items() if t is not None}
     if not timed:
         raise UserError("--engine auto: no CPU engine of Paddle Inference ran the export")
     return {"default": min(timed, key=timed.get), "chosen": "measured",
             "measured": {"shape": list(tune_input), "threads": threads, "ms": ms}}
-
-
-def _cpu_count():
-    from mobileseg_paddle.deploy.runners import cpu_count
-    return cpu_count()
 
 
 def measure_engines(folder, files, shape, threads, turns=TUNE_TURNS):
