@@ -2,7 +2,7 @@
 
 ``train``, ``val`` and ``predict`` take the flags of PaddleSeg's tools/train.py, tools/val.py and
 tools/predict.py with the same meanings and run ``paddleseg.core.train/evaluate/predict``;
-``export``, ``infer``, ``bench`` and ``lite`` hand the rest of the command line to
+``export``, ``quant``, ``infer``, ``bench`` and ``lite`` hand the rest of the command line to
 ``mobileseg_paddle.deploy``; ``quickstart`` runs the offline quick start. Bad input ends with one
 line on stderr, ``mobileseg <command>: error: ...``, and exit status 2 (``errors.run_main``).
 
@@ -25,6 +25,7 @@ compat.apply()  # paddleseg 2.8 on Paddle 3: see compat.py
 DEPLOY_COMMANDS = {  # subcommand -> (module, help)
     "export": ("mobileseg_paddle.deploy.export", "export an inference model (see deploy/export.py)"),
     "infer": ("mobileseg_paddle.deploy.infer", "run an exported model with Paddle Inference"),
+    "quant": ("mobileseg_paddle.deploy.quant", "INT8 post-training quantization into an export"),
     "bench": ("mobileseg_paddle.deploy.benchmark", "benchmark exported models"),
     "lite": ("mobileseg_paddle.deploy.lite", "convert/run models with Paddle Lite"),
     "paddleseg": ("mobileseg_paddle.paddleseg_tools",

@@ -29,6 +29,13 @@ Backends:
                    3.3.1 it fails, which is recorded) else without
   official_ort     paddleseg's model, ONNX (static shape), onnxruntime
   paddle_trt       ours, Paddle Inference + TensorRT on GPU (needs paddlepaddle-gpu)
+
+Precisions (``--precisions fp32,int8,bf16``): each one besides fp32 adds, for the backends
+that run it, a column ``<backend>@<precision>`` timed in the same turns as the others, and a
+speed-up column (fp32 time / that precision's, median of the per-turn ratios). int8: an export
+of ``mobileseg quant`` (Paddle: oneDNN int8; onnxruntime: its QDQ model), calibrated on inputs
+drawn like the timed one (speed does not depend on the values); bf16: the FP32 export on
+oneDNN in bfloat16. ``PRECISION_BACKENDS`` says which backend runs which.
 """
 
 import argparse
@@ -84,7 +91,33 @@ LABELS = {
     "official_ort": "paddleseg export: onnxruntime",
     "paddle_trt": "ours: Paddle Inference + TensorRT",
 }
-# published figures (reference.md): V100 TensorRT FP32 1x3x1024x2048 / Snapdragon 855 1 thread
+PRECISIONS = ("fp32", "int8", "bf16")
+PRECISION_BACKENDS = {"int8": ("paddle", "paddle_onednn", "onnxruntime"),
+                      "bf16": ("paddle", "paddle_onednn")}  # bf16: on oneDNN
+NUM_BENCH_CALIB = 4  # calibration inputs of an int8 bench export
+
+
+def variant(backend, precision):
+    """The result key of ``backend`` at ``precision``: ``paddle``, ``paddle@int8`` ..."""
+    return backend if precision == "fp32" else f"{backend}@{precision}"
+
+
+def split_variant(key):
+    backend, _, precision = key.partition("@")
+    return backend, precision or "fp32"
+
+
+def label(key):
+    backend, precision = split_variant(key)
+    return LABELS[backend] + ("" if precision == "fp32" else f" {precision.upper()}")
+
+
+def ordered_keys(keys):
+    """Result keys in table order: by backend, then by precision."""
+    order = [variant(b, p) for b in BACKENDS for p in PRECISIONS]
+    return sorted(set(keys), key=lambda k: order.index(k) if k in order else len(order))
+
+
 # published FPS (PaddleSeg model zoo): (V100 TensorRT FP32 1x3x1024x2048, Snapdragon 855 1 thread
 # 1x3x256x256), by our config name, in the published table's order
 PUBLISHED_FPS = {
@@ -436,6 +469,7 @@ def bench_model(name, config_path, args, work_dir, log=print):
         d = os.path.dirname(export(config_path, os.path.join(mdir, "onnx"), input_shape=shape,
                                    output_op="argmax", fmt="onnx", model=ours))
         specs["onnxruntime"] = dict(common, kind="deploy", path=d)
+    specs.update(precision_specs(config_path, ours, args, want, specs, paddle_shape, mdir))
     if "official" in want:
         od = export_official(theirs, os.path.join(mdir, "official"), paddle_shape)
         specs["official"] = dict(common, kind="raw_paddle", model=os.path.join(od, "model.json"),
@@ -476,9 +510,10 @@ def bench_model(name, config_path, args, work_dir, log=print):
     for b in specs:
         if b == "sgemm":
             continue
-        row = {"model": name, "backbone": backbone, "backend": b, "label": LABELS[b],
-               "input_shape": shape, "threads": threads,
-               "export_shape": shape if b in ("onnxruntime", "official_ort") else paddle_shape}
+        row = {"model": name, "backbone": backbone, "backend": b, "label": label(b),
+               "precision": split_variant(b)[1], "input_shape": shape, "threads": threads,
+               "export_shape": shape if split_variant(b)[0] in ("onnxruntime", "official_ort")
+               else paddle_shape}
         if b in notes:
             row["onednn"] = notes[b]
         if b == "paddle" and engine_note:
@@ -495,6 +530,36 @@ def bench_model(name, config_path, args, work_dir, log=print):
                 row["label_agreement_with_paddle"] = float((outs[b] == ref).mean())
         rows.append(row)
     return rows
+
+
+def precision_specs(config_path, model, args, want, specs, paddle_shape, mdir):
+    """The worker specs of the precisions besides fp32 (``--precisions``), for the requested
+    backends that run them; the int8 exports are made here."""
+    from mobileseg_paddle.deploy.quant import quantize
+
+    shape, out = list(args.input_shape), {}
+    calib = [_input(shape, args.seed + 1 + k) for k in range(NUM_BENCH_CALIB)]
+    for precision in args.precisions:
+        if precision == "fp32":
+            continue
+        backends = [b for b in PRECISION_BACKENDS[precision] if b in want]
+        for b in backends:
+            base = specs.get(b)
+            if base is None:
+                continue
+            if precision == "bf16":
+                out[variant(b, precision)] = dict(base, options=dict(
+                    base.get("options", {}), engine="onednn", precision="bf16"))
+                continue
+            fmt = "onnx" if b == "onnxruntime" else "paddle"
+            folder = os.path.join(mdir, f"{fmt}_int8")
+            if not os.path.isfile(os.path.join(folder, "deploy.yaml")):
+                quantize(config_path, folder, model=model, batches=calib, fmt=fmt,
+                         input_shape=shape if fmt == "onnx" else paddle_shape,
+                         output_op="argmax")
+            out[variant(b, precision)] = dict(base, path=folder, options=dict(
+                base.get("options", {}), engine="onednn") if fmt == "paddle" else {})
+    return out
 
 
 def speed_ratio(slow, fast):
@@ -526,7 +591,7 @@ def _shape_ranges(dep, shape, mdir):
 def format_table(rows, machine, protocol):
     """A markdown table shaped like the published one: one line per model, FPS (and ms) per
     backend, and the speed ratio of ours (Paddle Inference) to paddleseg's export."""
-    backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
+    backends = ordered_keys(r["backend"] for r in rows)
     lines = [f"Protocol: {protocol['note']}; input {'x'.join(map(str, protocol['input_shape']))}, "
              f"{rows[0]['threads'] if rows else '?'} threads, {protocol['warmup']} warm-up runs, "
              f"median of {protocol['repeats']} runs (p10-p90 in brackets), each backend in "
@@ -540,11 +605,16 @@ def format_table(rows, machine, protocol):
     if published and list(protocol["input_shape"]) != PRESETS[protocol["preset"]]["input_shape"]:
         published = None  # the published figures are for the preset's shape only
     head = ["Model", "Backbone"] + ([published[1]] if published else []) + [
-        f"{LABELS[b]} FPS (ms)" for b in backends]
+        f"{label(b)} FPS (ms)" for b in backends]
     if "paddle" in backends and "official" in backends:
         head.append("ours / paddleseg export speed")
-    if "paddle" in backends and "onnxruntime" in backends:
-        head.append("Paddle Inference / onnxruntime speed")
+    pairs = [(a, b) for a, b in (("paddle", "onnxruntime"), ("paddle@int8", "onnxruntime@int8"))
+             if a in backends and b in backends]
+    speedups = [(split_variant(k)[0], k) for k in backends
+                if "@" in k and split_variant(k)[0] in backends]
+    head += [f"{label(a).replace('ours: ', '')} / {label(b).replace('ours: ', '')} speed"
+             for a, b in pairs]
+    head += [f"{label(k).replace('ours: ', '')} speed-up over FP32" for _, k in speedups]
     has_floor = any(r.get("floor_ms") for r in rows)
     if has_floor:
         head += ["GFLOP", "floor ms (FLOPs / sgemm)", "Paddle Inference / floor"]
@@ -565,11 +635,12 @@ def format_table(rows, machine, protocol):
             else:
                 cells.append(f"{r['fps']:.2f} ({r['median_ms']:.1f} [{r['p10_ms']:.1f}-"
                              f"{r['p90_ms']:.1f}])")
-        for a, b in (("paddle", "official"), ("paddle", "onnxruntime")):
-            if a in backends and b in backends:
-                ra, rb = by.get(a), by.get(b)
-                ok = ra and rb and ra["status"] == "ok" and rb["status"] == "ok"
-                cells.append(f"{speed_ratio(rb, ra):.2f}x" if ok else "-")
+        ratio_pairs = [("paddle", "official")] if "official" in backends and "paddle" in \
+            backends else []
+        for a, b in ratio_pairs + pairs + [(k, base) for base, k in speedups]:
+            ra, rb = by.get(a), by.get(b)
+            ok = ra and rb and ra["status"] == "ok" and rb["status"] == "ok"
+            cells.append(f"{speed_ratio(rb, ra):.2f}x" if ok else "-")
         if has_floor:
             any_row = next(iter(by.values()))
             pr = by.get("paddle")
@@ -604,15 +675,14 @@ def plot_fps(rows, path, title):
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    backends = [b for b in BACKENDS if any(r["backend"] == b and r["status"] == "ok"
-                                           for r in rows)]
+    backends = ordered_keys(r["backend"] for r in rows if r["status"] == "ok")
     width = 0.8 / max(len(backends), 1)
     fig, ax = plt.subplots(figsize=(2 + 1.8 * len(models), 4.5))
     for i, b in enumerate(backends):
         fps = [next((r["fps"] for r in rows if r["model"] == m and r["backend"] == b
                      and r["status"] == "ok"), 0.0) for m in models]
         pos = [k + (i - (len(backends) - 1) / 2) * width for k in range(len(models))]
-        bars = ax.bar(pos, fps, width, label=LABELS[b])
+        bars = ax.bar(pos, fps, width, label=label(b))
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(range(len(models)))
     ax.set_xticklabels(models)
@@ -637,6 +707,9 @@ def build_parser():
                    help="comma-separated config names (mobilenetv2,mobilenetv3,litehrnet18,"
                         "shufflenetv2,ghostnet); default all")
     p.add_argument("--backends", default=None, help=f"comma-separated, from {BACKENDS}")
+    p.add_argument("--precisions", default="fp32",
+                   help=f"comma-separated, from {PRECISIONS}: each besides fp32 timed in the same "
+                        f"turns on the backends that run it")
     p.add_argument("--input_shape", nargs=4, type=int, default=None, metavar=("N", "C", "H", "W"))
     p.add_argument("--threads", type=int, default=None, help="0: all usable CPUs")
     p.add_argument("--shape_mode", default="dynamic", choices=("static", "dynamic"),
@@ -691,6 +764,16 @@ def _run(args):
     bad = [b for b in args.backends if b not in BACKENDS]
     if bad:
         raise UserError(f"--backends: unknown {bad}; expected some of {BACKENDS}")
+    args.precisions = list(dict.fromkeys(args.precisions.split(",")))
+    bad = [p for p in args.precisions if p not in PRECISIONS]
+    if bad or "fp32" not in args.precisions:
+        raise UserError(f"--precisions {','.join(args.precisions)}: expected fp32 and any of "
+                        f"{', '.join(PRECISIONS[1:])}, comma-separated (the speed-ups are "
+                        f"against fp32)")
+    for p in args.precisions[1:]:
+        if not set(PRECISION_BACKENDS[p]) & set(args.backends):
+            raise UserError(f"--precisions {p}: none of --backends {','.join(args.backends)} "
+                            f"runs it (it runs on {', '.join(PRECISION_BACKENDS[p])})")
     if args.input_shape[1] != 3 or min(args.input_shape) < 1:
         raise UserError(f"--input_shape: expected N 3 H W, got {args.input_shape}")
     if args.turns < 1 or args.runs_per_turn < 1:
@@ -705,7 +788,8 @@ def _run(args):
                 "turns": args.turns, "runs_per_turn": args.runs_per_turn,
                 "repeats": args.turns * args.runs_per_turn, "shape_mode": args.shape_mode,
                 "isolation": "one process per backend, backends take turns",
-                "output_op": "argmax", "backends": args.backends}
+                "output_op": "argmax", "backends": args.backends,
+                "precisions": args.precisions}
     print(f"protocol: {protocol['note']}; input {'x'.join(map(str, args.input_shape))}, "
           f"{protocol['threads']} threads, {args.warmup} warm-up runs, backends taking "
           f"{args.turns} turns of {args.runs_per_turn} runs")
@@ -719,7 +803,7 @@ def _run(args):
             model_rows = bench_model(name, path, args, work)
             rows += model_rows
             for r in model_rows:
-                print(f"  {r['backend']:16s} " + (
+                print(f"  {r['backend']:21s} " + (
                     f"{r['median_ms']:8.1f} ms  [{r['p10_ms']:.1f}-{r['p90_ms']:.1f}]  "
                     f"{r['fps']:6.2f} FPS" if r["status"] == "ok" else
                     f"failed: {r['error']}"))

@@ -25,9 +25,11 @@ EXPORT_FILES = (FILENAME, "model.pdmodel", "model.openvino.pdmodel", "model.json
                 "model.pdiparams", "model.onnx")
 DEPLOY_KEY = "MobileSegDeploy"
 # 2 added ``engine`` (the default CPU engine of Paddle Inference) and ``files.openvino``; a
-# version 1 file (neither) still loads, its engine is oneDNN
-DEPLOY_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+# version 1 file (neither) still loads, its engine is oneDNN. 3 added ``precision`` (int8
+# exports of ``mobileseg quant``; absent: fp32), which a version-2 reader must not run as fp32
+DEPLOY_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
+PRECISIONS = ("fp32", "int8")  # of the exported model (bf16 is a way of running an fp32 one)
 # the CPU engines of Paddle Inference (runners.paddle_inference sets them up)
 CPU_ENGINES = ("onednn", "openvino", "plain")
 DEFAULT_CPU_ENGINE = "onednn"
@@ -48,10 +50,11 @@ KNOWN_DATASETS = {"Cityscapes": CITYSCAPES_CLASSES}
 
 
 def make(cfg, num_classes, shape, output_op, fmt, files, mean, std, exporter, paddle_version,
-         config_path=None, engine=None):
+         config_path=None, engine=None, precision=None):
     """The content of deploy.yaml for an export of ``cfg``'s model (a paddleseg ``Config``).
-    ``engine`` (Paddle formats): {"default": one of ``CPU_ENGINES``, "chosen": "measured" or
-    "--engine", and when measured "measured": {"shape", "threads", "ms": {engine: ms}}}."""
+    ``engine`` (Paddle formats): {"default": one of ``CPU_ENGINES``, "chosen": "measured",
+    "--engine" or "int8", and when measured "measured": {"shape", "threads", "ms": {engine:
+    ms}}}. ``precision``: {"name": one of ``PRECISIONS``, ...} (None: fp32)."""
     transforms = [dict(t) for t in cfg.val_dataset_cfg.get("transforms", []) or []
                   if not (isinstance(t, dict) and t.get("type") in LABEL_ONLY_TRANSFORMS)]
     transforms = transforms or [{"type": "Normalize"}]
@@ -92,6 +95,7 @@ def make(cfg, num_classes, shape, output_op, fmt, files, mean, std, exporter, pa
     }
     if engine is not None:
         ours["engine"] = dict(engine)
+    ours["precision"] = dict(precision or {"name": "fp32"})
     paddleseg_block = {"transforms": transforms, "input_shape": list(shape),
                        "output_op": output_op, "output_dtype": dtype}
     if fmt == "paddle":
@@ -351,6 +355,11 @@ class DeployConfig:
                             f"{', '.join(CPU_ENGINES)}")
         if self.format != "paddle":
             self.engine = None
+        precision = info.get("precision") or {"name": "fp32"}
+        self.precision = precision.get("name") if isinstance(precision, dict) else None
+        if self.precision not in PRECISIONS:
+            raise UserError(f"{path}: precision {self.precision!r}: expected one of "
+                            f"{', '.join(PRECISIONS)}")
         self.info = info
 
     def file(self, key):

@@ -35,6 +35,7 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import NamedTuple
 
 import numpy as np
 import paddle
@@ -207,15 +208,24 @@ def check_opset(opset):
 # Export
 
 
+class Quantization(NamedTuple):
+    """An INT8 export (``mobileseg quant``): calibration inputs, the activation-scale search
+    (``quant.ALGOS``) and the ``precision.calibration`` block of deploy.yaml."""
+    batches: list
+    algo: str
+    info: dict
+
+
 def export(config, save_dir, model_path=None, input_shape=None, output_op="argmax",
            fmt="paddle", program="both", opset=DEFAULT_ONNX_OPSET, model=None, engine="auto",
-           tune_shape=None, tune_threads=0):
+           tune_shape=None, tune_threads=0, quant=None):
     """Export and return the path of the written deploy.yaml.
 
     ``model`` (optional) is an already built and loaded model to export instead of building
     one from ``config`` and ``model_path`` (``config`` still provides transforms and names).
     ``engine``: the default CPU engine recorded (auto: the fastest of ``measure_engines`` at
-    ``tune_shape`` (H, W) with ``tune_threads``, 0 meaning all usable CPUs)."""
+    ``tune_shape`` (H, W) with ``tune_threads``, 0 meaning all usable CPUs). ``quant`` (a
+    ``Quantization``): an INT8 export, the legacy program only, on oneDNN (see quant.py)."""
     if output_op not in OUTPUT_OPS:
         raise UserError(f"--output_op: expected one of {OUTPUT_OPS}, got {output_op!r}")
     if fmt not in ("paddle", "onnx"):
@@ -227,8 +237,10 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
     _check_save_dir(save_dir)
     if program not in PROGRAMS:
         raise UserError(f"--program: expected one of {PROGRAMS}, got {program!r}")
+    if quant is not None:
+        _check_int8(fmt, program, engine)
     tune_input = _check_engine(engine, fmt, program, shape, tune_shape, tune_threads)
-    _check_foreign(save_dir, _written_files(fmt, program))  # at once; again when switching
+    _check_foreign(save_dir, _written_files(fmt, program, quant is not None))
     if model is None:
         model, cfg = build_model(config, model_path)
     else:
@@ -236,7 +248,8 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
     net = DeployModel(prepare_for_deploy(model, target=fmt), output_op,
                       channels_last_argmax=(fmt == "paddle"))
     openvino_net = DeployModel(prepare_for_deploy(model, target="openvino"), output_op,
-                               channels_last_argmax=True) if fmt == "paddle" else None
+                               channels_last_argmax=True) if fmt == "paddle" and quant is None \
+        else None
 
     with _export_lock(save_dir):
         journal_lost = _recover(save_dir)  # an export into it that was killed mid-switch
@@ -245,16 +258,22 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(save_dir)}.partial-",
                                dir=os.path.dirname(save_dir))
         try:
-            if fmt == "paddle":
+            if quant is not None:
+                files = _save_int8(net, tmp, shape, fmt, opset, quant)
+                engine_info = {"default": "onednn", "chosen": "int8"} if fmt == "paddle" \
+                    else None
+            elif fmt == "paddle":
                 files = save_paddle_programs(net, tmp, shape, program, openvino_net)
                 files["params"] = "model.pdiparams"
                 engine_info = choose_engine(tmp, files, engine, tune_input, tune_threads)
             else:
                 files, engine_info = {"onnx": save_onnx(net, tmp, shape, opset)}, None
             mean, std = normalization(cfg)
+            precision = None if quant is None else {
+                "name": "int8", "method": "post-training", "calibration": dict(quant.info)}
             info = deploy_yaml.make(cfg, int(model.num_classes), shape, output_op, fmt, files,
                                     mean, std, f"mobileseg_paddle {mobileseg_paddle.__version__}",
-                                    paddle.__version__, config, engine_info)
+                                    paddle.__version__, config, engine_info, precision)
             deploy_yaml.write(tmp, info)
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
             _move_into_place(tmp, save_dir, journal_lost)
@@ -266,6 +285,30 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return os.path.join(save_dir, deploy_yaml.FILENAME)
+
+
+def _check_int8(fmt, program, engine):
+    if fmt == "paddle" and program == "pir":
+        raise UserError("--program pir: an INT8 export is a legacy program (what oneDNN's INT8 "
+                        "passes and Lite read); leave --program out")
+    if fmt == "paddle" and engine not in ("auto", "onednn"):
+        raise UserError(f"--engine {engine}: an INT8 export runs on oneDNN")
+
+
+def _save_int8(net, tmp, shape, fmt, opset, quant):
+    """The FP32 program (legacy) or ONNX model of ``net`` in a scratch folder, quantized into
+    ``tmp``. Returns the files block."""
+    from mobileseg_paddle.deploy import quant as q
+
+    with tempfile.TemporaryDirectory(prefix="fp32-", dir=tmp) as scratch:
+        if fmt == "paddle":
+            save_paddle_programs(net, scratch, shape, "legacy")
+            q.quantize_program(scratch, tmp, quant.batches, quant.algo)
+            return {"legacy": "model.pdmodel", "params": "model.pdiparams"}
+        save_onnx(net, scratch, shape, opset)
+        q.quantize_onnx(os.path.join(scratch, "model.onnx"), os.path.join(tmp, "model.onnx"),
+                        quant.batches, quant.algo)
+        return {"onnx": "model.onnx"}
 
 
 def _check_engine(engine, fmt, program, shape, tune_shape, tune_threads):
@@ -385,10 +428,12 @@ def _our_files(save_dir, journal_lost=False):
     return [deploy_yaml.FILENAME] + [n for n in dict.fromkeys(names) if n != deploy_yaml.FILENAME]
 
 
-def _written_files(fmt, program):
+def _written_files(fmt, program, int8=False):
     """The names an export of ``fmt``/``program`` writes."""
     if fmt == "onnx":
         return ["model.onnx", deploy_yaml.FILENAME]
+    if int8:
+        return ["model.pdmodel", "model.pdiparams", deploy_yaml.FILENAME]
     legacy = ["model.pdmodel", "model.openvino.pdmodel"]
     programs = {"legacy": legacy, "pir": ["model.json"]}.get(program, legacy + ["model.json"])
     return programs + ["model.pdiparams", deploy_yaml.FILENAME]

@@ -45,6 +45,7 @@ from mobileseg_paddle import palette
 from mobileseg_paddle.deploy.deploy_yaml import MIN_INPUT_SIZE, DeployConfig
 from mobileseg_paddle.deploy.runners import (
     ENGINE_CHOICES,
+    PRECISIONS,
     PredictorOptions,
     check_device,
     create_runner,
@@ -389,8 +390,9 @@ def build_parser():
     p.add_argument("--program", default="auto", choices=("auto", "legacy", "pir"),
                    help="which exported program Paddle Inference loads (auto: legacy)")
     p.add_argument("--use_trt", default=False, **b, help="TensorRT (with --device gpu)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
-                   help="TensorRT's precision")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: the export's (fp32, or int8 for mobileseg quant's); bf16: an "
+                        "FP32 export on oneDNN in bfloat16; fp16/int8 with TensorRT")
     p.add_argument("--min_subgraph_size", type=int, default=3)
     p.add_argument("--enable_auto_tune", default=False, **b,
                    help="collect the shape ranges for TensorRT dynamic shapes from the images "

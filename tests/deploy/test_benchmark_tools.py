@@ -185,3 +185,57 @@ def test_sgemm_runner_computes_the_matrix_product():
     b = rng.standard_normal((64, 64)).astype(np.float32)
     a = rng.standard_normal((64, 64)).astype(np.float32)
     assert c.shape == (64, 64) and max_rel_err(c, a @ b) < 1e-5
+
+
+def test_precision_columns_and_speed_ups():
+    rows = [dict(model="mobilenetv2", backbone="MobileNetV2_x1_0", backend=b, threads=2,
+                 status="ok", **B.summarize([ms / 1000] * 3))
+            for b, ms in (("paddle", 80.0), ("paddle@int8", 40.0), ("paddle@bf16", 50.0),
+                          ("onnxruntime", 100.0), ("onnxruntime@int8", 60.0))]
+    machine = dict(cpu="test CPU", isa=["avx2"], usable_cpus=2, memory_gb=8,
+                   load_average=[0.1, 0, 0], versions={})
+    protocol = dict(preset="cpu", note="n", input_shape=[1, 3, 512, 1024], warmup=1, repeats=3,
+                    turns=1)
+    table = B.format_table(rows, machine, protocol).splitlines()
+    head = [c.strip() for c in next(s for s in table if s.startswith("| Model")).split("|")]
+    row = [c.strip() for c in next(s for s in table if s.startswith("| mobilenetv2")).split("|")]
+    cell = dict(zip(head, row))
+    assert cell["Paddle Inference (default engine) / onnxruntime speed"] == "1.25x"
+    assert cell["Paddle Inference (default engine) INT8 / onnxruntime INT8 speed"] == "1.50x"
+    assert cell["Paddle Inference (default engine) INT8 speed-up over FP32"] == "2.00x"
+    assert cell["Paddle Inference (default engine) BF16 speed-up over FP32"] == "1.60x"
+    assert cell["onnxruntime INT8 speed-up over FP32"] == "1.67x"
+    assert cell["ours: Paddle Inference (default engine) INT8 FPS (ms)"].startswith("25.00 (40.0")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--precisions", "int8"], "expected fp32 and any of"),
+    (["--precisions", "fp32,int4"], "expected fp32 and any of"),
+    (["--precisions", "fp32,bf16", "--backends", "onnxruntime"], "none of --backends"),
+])
+def test_bad_precisions(flags, fragment, capsys):
+    assert B.main(["--models", "mobilenetv2", *flags]) == 2
+    err = [s for s in capsys.readouterr().err.splitlines() if "error:" in s]
+    assert len(err) == 1 and fragment in err[0], err
+
+
+def test_bench_times_int8_and_bf16_beside_fp32(tmp_path):
+    """The whole ``--precisions`` path at a small size: every variant runs, in the same turns."""
+    out = tmp_path / "bench.json"
+    code = B.main(["--preset", "phone", "--models", "mobilenetv2", "--input_shape", "1", "3",
+                   "64", "64", "--backends", "paddle_onednn,onnxruntime", "--precisions",
+                   "fp32,int8,bf16", "--turns", "2", "--runs_per_turn", "1", "--warmup", "1",
+                   "--floor", "off", "--work_dir", str(tmp_path / "work"), "--save_json",
+                   str(out), "--save_png", ""])
+    assert code == 0
+    import json
+    rows = {r["backend"]: r for r in json.load(open(out))["results"]}
+    want = {"paddle_onednn", "paddle_onednn@int8", "onnxruntime", "onnxruntime@int8"}
+    assert want <= set(rows)
+    for key in want:
+        assert rows[key]["status"] == "ok", rows[key]
+        assert len(rows[key]["turn_medians_ms"]) == 2
+    assert rows["paddle_onednn@int8"]["precision"] == "int8"
+    from paddle.base import core
+    bf16 = rows["paddle_onednn@bf16"]
+    assert bf16["status"] == ("ok" if core.supports_bfloat16() else "failed"), bf16

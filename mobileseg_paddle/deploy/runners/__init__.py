@@ -21,8 +21,14 @@ Paddle Inference's CPU engines (``--engine``): oneDNN, its bundled OpenVINO (the
 as one op), or its plain CPU kernels; ``auto`` runs the one the export recorded as fastest
 (``mobileseg export --engine``; oneDNN for bare files and older exports).
 
-Adding an engine or a precision (int8, bf16 on CPU, ...): its option here (``ENGINES``,
-``PRECISIONS``, checked in ``check``), its set-up in the backend modules' ``ENGINES`` tables."""
+Precision (``--precision``): ``auto`` runs an export at its own precision (fp32, or int8 for an
+export of ``mobileseg quant``). On the CPU an INT8 export runs on oneDNN's int8 kernels and an
+FP32 one may run in bfloat16 on oneDNN (``bf16``, on CPUs with AVX512-BF16); TensorRT runs
+fp32, fp16 or int8 (an FP32 export then needs its calibration table, an INT8 export brings
+its scales).
+
+Adding an engine or a precision: its option here (``ENGINES``, ``PRECISIONS``, checked in
+``check`` and ``resolve``), its set-up in the backend modules' ``ENGINES`` tables."""
 
 import importlib
 import os
@@ -37,7 +43,7 @@ BACKENDS = {  # --backend value -> its module: check_device(opts), create(files,
 }
 DEVICES = ("cpu", "gpu")
 PROGRAMS = ("auto", "legacy", "pir")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # the --precision values
 # what runs the graph: on the CPU (``CPU_ENGINES``) oneDNN, OpenVINO or Paddle's plain
 # kernels; CUDA, or TensorRT (on CUDA)
 ENGINES = CPU_ENGINES + ("gpu", "tensorrt")
@@ -70,7 +76,9 @@ class PredictorOptions:
     gpu_mem_mb: int = 512
     gpu_id: int = 0
     use_trt: bool = False
-    precision: str = "fp32"           # TensorRT: fp32 | fp16 | int8 (the CPU engines run fp32)
+    precision: str = "auto"           # auto (the export's: fp32 or int8) | fp32 | bf16 (CPU,
+    #                                   oneDNN) | fp16 (TensorRT) | int8 (an INT8 export, or
+    #                                   TensorRT with a calibration table)
     min_subgraph_size: int = 3
     trt_workspace_mb: int = 1024
     max_batch_size: int = 1
@@ -84,15 +92,22 @@ class PredictorOptions:
     openvino_cache_dir: str = None    # OpenVINO's compiled models (None: in
     #                                   ``resources.cache_dir("openvino")``)
 
-    def resolve(self, recorded=None):
+    def resolve(self, recorded=None, model_precision="fp32"):
         """These options with ``engine`` one of ``ENGINES``: GPU or TensorRT on a GPU, else
         the CPU engine asked, with auto ``recorded`` (an export's default) or oneDNN, and
-        ``--enable_mkldnn False`` plain."""
+        ``--enable_mkldnn False`` plain; ``precision`` what runs a model of
+        ``model_precision`` (``check_precision``)."""
         self.check()
         if self.device == "gpu":
-            return replace(self, engine="tensorrt" if self.use_trt else "gpu")
-        if self.engine in ("gpu", "tensorrt"):
-            return self
+            opts = replace(self, engine="tensorrt" if self.use_trt else "gpu")
+        elif self.engine in ("gpu", "tensorrt"):
+            opts = self
+        else:
+            opts = replace(self, engine=self._cpu_engine(recorded))
+        return replace(opts, precision=check_precision(opts.precision, model_precision,
+                                                       opts.engine))
+
+    def _cpu_engine(self, recorded):
         engine = self.engine
         if not self.enable_mkldnn:
             if engine not in ("auto", "plain"):
@@ -101,7 +116,7 @@ class PredictorOptions:
             engine = "plain"
         elif engine == "auto":
             engine = recorded or DEFAULT_CPU_ENGINE
-        return replace(self, engine=engine)
+        return engine
 
     def check(self):
         """Refuse values no backend knows, naming the flag."""
@@ -127,6 +142,38 @@ class PredictorOptions:
         return replace(self, onednn_interp=False, memory_optim=False, onednn_pir_fallback=False)
 
 
+def check_precision(precision, model_precision, engine):
+    """The precision ``engine`` runs a model of ``model_precision`` (fp32 | int8) at, for
+    ``--precision precision``; one error line for a pair that cannot run."""
+    asked = model_precision if precision == "auto" else precision
+    if engine == "tensorrt":
+        if model_precision == "int8" and asked != "int8":
+            raise UserError(f"--precision {precision}: this is an INT8 export; TensorRT runs it "
+                            f"in int8 (leave --precision out)")
+        if asked not in ("fp32", "fp16", "int8"):
+            raise UserError(f"--precision {asked}: TensorRT runs fp32, fp16 or int8")
+        return asked
+    if model_precision == "int8":
+        if asked != "int8":
+            raise UserError(f"--precision {asked}: this is an INT8 export (mobileseg quant); it "
+                            f"runs in int8 (leave --precision out), the FP32 model is the "
+                            f"export it was made beside")
+        if engine not in ("onednn", "onnxruntime"):
+            raise UserError(f"--engine {engine}: an INT8 export runs on oneDNN's int8 kernels "
+                            f"(--engine onednn) or TensorRT")
+        return asked
+    if asked == "int8":
+        raise UserError("--precision int8 runs an INT8 export: make one with mobileseg quant "
+                        "(TensorRT also calibrates an FP32 export: --use_trt)")
+    if asked == "fp16":
+        raise UserError("--precision fp16 is TensorRT's (--device gpu --use_trt); on the CPU: "
+                        "fp32 or bf16")
+    if asked == "bf16" and engine != "onednn":
+        raise UserError(f"--precision bf16 runs on oneDNN (--engine onednn), not "
+                        f"{'onnxruntime' if engine == 'onnxruntime' else '--engine ' + engine}")
+    return asked
+
+
 @dataclass(frozen=True)
 class ModelFiles:
     """The files a runner loads. ``source`` names the model in messages."""
@@ -138,6 +185,7 @@ class ModelFiles:
     program_kind: str = None     # paddle: legacy | pir
     onnx: str = None             # onnx: the .onnx file
     dynamic_shape: bool = True   # a dynamic batch or H/W (TensorRT then needs shape ranges)
+    precision: str = "fp32"      # fp32 | int8 (quantized: an export of mobileseg quant)
 
     @classmethod
     def from_paddle(cls, program, params, dynamic_shape=True):
@@ -184,7 +232,8 @@ class ModelFiles:
         if deploy.format != ("onnx" if backend == "onnxruntime" else "paddle"):
             return cls(deploy.format, deploy.path)  # the other backend's: refused by ``of``
         if deploy.format == "onnx":
-            return cls("onnx", deploy.path, onnx=deploy.file("onnx"), dynamic_shape=dynamic)
+            return cls("onnx", deploy.path, onnx=deploy.file("onnx"), dynamic_shape=dynamic,
+                       precision=deploy.precision)
         if program == "auto":
             program = "legacy" if "legacy" in deploy.files else "pir"
         if program not in ("legacy", "pir"):
@@ -202,7 +251,7 @@ class ModelFiles:
             program = "openvino"
         return cls("paddle", deploy.path, program=deploy.file(program),
                    params=deploy.file("params"), program_kind="pir" if program == "pir"
-                   else "legacy", dynamic_shape=dynamic)
+                   else "legacy", dynamic_shape=dynamic, precision=deploy.precision)
 
 
 class Runner:
@@ -254,21 +303,28 @@ def create_runner(model, backend="auto", opts=None):
     if backend == "onnxruntime" and opts is not None and opts.engine != "auto":
         raise UserError(f"--engine {opts.engine}: the engines are Paddle Inference's; an ONNX "
                         f"export runs on onnxruntime (leave --engine out)")
-    opts = resolve_options(model, opts)
+    opts = resolve_options(model, opts, backend)
     module = backend_module(backend)
     module.check_device(opts)
     files = ModelFiles.of(model, backend, opts.program, opts.engine)
     return module.create(files, opts)
 
 
-def resolve_options(model, opts=None):
-    """``opts`` (default ``PredictorOptions()``) resolved for ``model``: engine auto is the
-    engine its deploy.yaml records, unless PIR is asked for (OpenVINO runs the legacy one)."""
+def resolve_options(model, opts=None, backend="paddle"):
+    """``opts`` (default ``PredictorOptions()``) resolved for ``model`` on ``backend``: engine
+    auto is the engine its deploy.yaml records, unless PIR is asked for (OpenVINO runs the
+    legacy one); precision auto is the model's."""
     opts = opts or PredictorOptions()
+    model_precision = getattr(model, "precision", "fp32")
+    if backend == "onnxruntime":  # engines are Paddle's (refused by create_runner)
+        return replace(opts.check(), precision=check_precision(
+            opts.precision, model_precision, "onnxruntime"))
     recorded = getattr(model, "engine", None) if opts.program != "pir" else None
-    return opts.resolve(recorded)
+    if model_precision == "int8" and opts.program == "pir":
+        raise UserError("--program pir: an INT8 export is a legacy program")
+    return opts.resolve(recorded, model_precision)
 
 
 __all__ = ["BACKENDS", "DEVICES", "ENGINES", "ENGINE_CHOICES", "PRECISIONS", "PROGRAMS",
-           "ModelFiles", "PredictorOptions", "Runner", "check_device", "cpu_count",
+           "ModelFiles", "PredictorOptions", "Runner", "check_device", "check_precision", "cpu_count",
            "create_runner", "resolve_backend", "resolve_options"]

@@ -16,6 +16,7 @@ from paddle.base import core
 from test_export import MODELS, exports
 
 from helpers.numerics import max_rel_err
+from helpers.recording import RecordingConfig
 from mobileseg_paddle.deploy import runners as R
 from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
 from mobileseg_paddle.deploy.runners import paddle_inference as P
@@ -124,22 +125,6 @@ def test_onednn_marks_only_exact_interpolations():
 # Paddle-TensorRT, please compile with TENSORRT first"), so the configuration is checked on a
 # recorder standing in for paddle.inference.Config; the shape-range collection that TensorRT
 # dynamic shapes are built from runs for real on the CPU (tests/deploy/test_infer.py).
-
-
-class RecordingConfig:
-    """Records the calls made on a paddle.inference.Config."""
-
-    def __init__(self, *args):
-        self.calls = [("__init__", args, {})]
-
-    def __getattr__(self, name):
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            return self if name == "pass_builder" else None
-        return record
-
-    def called(self, name):
-        return [(a, k) for n, a, k in self.calls if n == name]
 
 
 def _trt_config(deploy, **kw):

@@ -1,0 +1,269 @@
+"""INT8 post-training quantization (``mobileseg quant``) end to end on a tiny model: calibration
+images from the config's training set, the INT8 export (Paddle and ONNX) run by ``mobileseg
+infer``'s runners, agreement with the FP32 export on real images; bfloat16 on oneDNN; the bad
+input of the issue, each one error line with nothing written.
+
+The model: MobileSeg-MobileNetV2 x0.25 with random weights and BatchNorm statistics
+(``randomize_``), so activations have real magnitudes; the images: the synthetic shapes dataset
+(``helpers.train_helpers.make_data``), normalized like training."""
+
+import os
+import re
+
+import numpy as np
+import paddle
+import pytest
+import yaml
+
+from helpers.numerics import max_rel_err, randomize_
+from helpers.train_helpers import config_dict, make_data, run_module, write_config
+from mobileseg_paddle.builder import build_model
+from mobileseg_paddle.config import load_config
+from mobileseg_paddle.deploy import quant as Q
+from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
+from mobileseg_paddle.deploy.export import export
+from mobileseg_paddle.deploy.runners import PredictorOptions, create_runner
+
+ERROR_LINE = re.compile(r"^mobileseg quant: error: ")
+SIZE = 96  # images of the tiny dataset
+# measured on three random models of this kind, three algos, both formats: logit error
+# 0.015-0.032 of the largest logit, label agreement 0.970-0.998 (a random network's logits are
+# close; the trained membrane model agrees on 99.4-99.5%, see the README)
+MIN_AGREEMENT = 0.95
+MAX_LOGIT_ERR = 0.06
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """(config path, weights path, folder) of the tiny randomized model on 8 training images."""
+    root = tmp_path_factory.mktemp("quant")
+    data = make_data(root / "data", num_train=8, num_val=3, size=SIZE)
+    config = write_config(root / "tiny.yml", config_dict(data))
+    model, _ = build_model(config, drop_pretrained=True)
+    randomize_(model, seed=11)
+    weights = str(root / "model.pdparams")
+    paddle.save(model.state_dict(), weights)
+    return config, weights, root
+
+
+@pytest.fixture(scope="module")
+def exports(case):
+    """FP32 and INT8 exports (logits) of the case, Paddle and ONNX."""
+    config, weights, root = case
+    out = {}
+    for fmt in ("paddle", "onnx"):
+        out[f"fp32_{fmt}"] = os.path.dirname(export(
+            config, str(root / f"fp32_{fmt}"), model_path=weights, output_op="none", fmt=fmt,
+            program="legacy", engine="onednn" if fmt == "paddle" else "auto"))
+        out[f"int8_{fmt}"] = os.path.dirname(Q.quantize(
+            config, str(root / f"int8_{fmt}"), model_path=weights, num_calib=8, fmt=fmt,
+            output_op="none"))
+    return out
+
+
+def _val_images(config):
+    cfg = load_config(config)
+    from paddleseg.cvlibs import SegBuilder
+    dataset = SegBuilder(cfg).val_dataset
+    return [np.asarray(dataset[i]["img"], np.float32)[None] for i in range(len(dataset))]
+
+
+def test_calibration_images_come_from_the_training_set_through_the_val_transforms(case):
+    config, _, _ = case
+    images = Q.calibration_images(load_config(config), 4)
+    assert len(images) == 4
+    for x in images:  # normalized like inference: (pixel / 255 - 0.5) / 0.5, full size
+        assert x.shape == (1, 3, SIZE, SIZE) and x.dtype == np.float32
+        assert -1.0 <= x.min() < -0.5 and 0.5 < x.max() <= 1.0
+    # spread over the set, not the first four
+    assert not np.array_equal(images[0], images[1])
+
+
+@pytest.mark.parametrize("fmt", ["paddle", "onnx"])
+def test_int8_export_agrees_with_fp32(case, exports, fmt):
+    config, _, _ = case
+    int8 = DeployConfig(exports[f"int8_{fmt}"])
+    assert int8.precision == "int8"
+    calib = int8.info["precision"]["calibration"]
+    assert calib["images"] == 8 and calib["source"] == "train_dataset"
+    assert calib["transforms"] == "val_dataset" and calib["activations"] == Q.DEFAULT_ALGO
+    assert DeployConfig(exports[f"fp32_{fmt}"]).precision == "fp32"
+    opts = PredictorOptions(cpu_threads=1)
+    fp32 = create_runner(DeployConfig(exports[f"fp32_{fmt}"]), "auto", opts)
+    q = create_runner(int8, "auto", opts)
+    for x in _val_images(config):
+        a, b = fp32(x), q(x)
+        assert a.shape == b.shape == (1, 4, SIZE, SIZE)
+        assert np.abs(a).mean() > 0.1  # real magnitudes, not a dead network
+        assert not np.array_equal(a, b)  # it really ran in int8
+        assert max_rel_err(b, a) < MAX_LOGIT_ERR
+        assert (a.argmax(1) == b.argmax(1)).mean() >= MIN_AGREEMENT
+
+
+def test_paddle_int8_program_has_int8_weights_in_the_linear_quant_form(exports):
+    int8 = DeployConfig(exports["int8_paddle"])
+    assert set(int8.files) == {"legacy", "params"}  # no OpenVINO or PIR program
+    assert Q.program_is_quantized(int8.file("legacy"))
+    assert not Q.program_is_quantized(DeployConfig(exports["fp32_paddle"]).file("legacy"))
+    fp32_size = os.path.getsize(DeployConfig(exports["fp32_paddle"]).file("params"))
+    assert os.path.getsize(int8.file("params")) < 0.5 * fp32_size
+
+
+def test_onnx_int8_export_is_qdq_with_int8_weights(exports):
+    import onnx
+    model = onnx.load(DeployConfig(exports["int8_onnx"]).file("onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    int8_weights = [i for i in model.graph.initializer
+                    if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert len(int8_weights) >= 10
+
+
+def test_infer_command_runs_the_int8_export(case, exports, tmp_path):
+    config, _, root = case
+    images = os.path.join(root, "data", "images")
+    proc = run_module("infer", "--config", exports["int8_paddle"], "--image_path", images,
+                      "--save_dir", tmp_path / "out", "--print_detail", "True")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "engine: onednn" in proc.stdout
+    assert len(os.listdir(tmp_path / "out" / "masks")) == len(os.listdir(images))
+
+
+def test_bf16_on_onednn_agrees_with_fp32(case, exports):
+    from paddle.base import core
+    config, _, _ = case
+    dep = DeployConfig(exports["fp32_paddle"])
+    if not core.supports_bfloat16():
+        with pytest.raises(Exception, match="bfloat16"):
+            create_runner(dep, "paddle", PredictorOptions(precision="bf16"))(
+                _val_images(config)[0])
+        return
+    fp32 = create_runner(dep, "paddle", PredictorOptions(cpu_threads=1))
+    bf16 = create_runner(dep, "paddle", PredictorOptions(cpu_threads=1, precision="bf16"))
+    for x in _val_images(config):
+        a, b = fp32(x), bf16(x)
+        assert not np.array_equal(a, b)
+        assert max_rel_err(b, a) < 0.05  # bfloat16 keeps 8 bits of mantissa
+        assert (a.argmax(1) == b.argmax(1)).mean() >= 0.98
+
+
+def test_quant_eval_reports_miou_of_both(case, tmp_path):
+    config, weights, _ = case
+    proc = run_module("quant", "--config", config, "--model_path", weights, "--save_dir",
+                      tmp_path / "q", "--num_calib", "4", "--eval", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = [s for s in proc.stdout.splitlines() if s.startswith("val_dataset (3 images)")]
+    assert line, proc.stdout[-2000:]
+    m = re.search(r"mIoU fp32 ([\d.]+), int8 ([\d.]+) .* agreement ([\d.]+)%", line[0])
+    fp32, int8, agreement = map(float, m.groups())
+    assert 0 <= fp32 <= 1 and abs(int8 - fp32) < 0.05 and agreement >= 100 * MIN_AGREEMENT
+
+
+# --- bad input: one line, exit status 2, nothing written ------------------------------------------
+
+def _one_error(proc, *fragments):
+    errors = [s for s in proc.stderr.splitlines() if ERROR_LINE.match(s)]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for f in fragments:
+        assert f in errors[0], errors[0]
+    return errors[0]
+
+
+def test_too_few_calibration_images(case, tmp_path):
+    config, weights, _ = case
+    out = tmp_path / "q"
+    _one_error(run_module("quant", "--config", config, "--model_path", weights, "--save_dir",
+                          out, "--num_calib", "2"), "--num_calib 2", f"at least {Q.MIN_NUM_CALIB}")
+    _one_error(run_module("quant", "--config", config, "--model_path", weights, "--save_dir",
+                          out, "--num_calib", "20"), "--num_calib 20", "only 8 images")
+    assert not out.exists()
+
+
+def test_config_without_a_training_set(case, tmp_path):
+    config, weights, _ = case
+    with open(config) as f:
+        dic = yaml.safe_load(f)
+    dic.pop("train_dataset")
+    bare = write_config(tmp_path / "no_train.yml", dic)
+    out = tmp_path / "q"
+    _one_error(run_module("quant", "--config", bare, "--model_path", weights, "--save_dir", out,
+                          "--num_calib", "4"), "no_train.yml", "train_dataset")
+    assert not out.exists()
+
+
+def test_already_quantized_model(case, exports, tmp_path):
+    config, _, _ = case
+    out = tmp_path / "q"
+    for given in (exports["int8_paddle"], os.path.join(exports["int8_paddle"], "model.pdiparams")):
+        _one_error(run_module("quant", "--config", config, "--model_path", given, "--save_dir",
+                              out, "--num_calib", "4"), "already quantized")
+    assert not out.exists()
+    with pytest.raises(Exception, match="already quantized"):
+        Q.quantize_program(exports["int8_paddle"], str(tmp_path / "again"), [np.zeros(1)])
+
+
+def test_onnx_has_no_mse_calibration(case, tmp_path):
+    config, weights, _ = case
+    _one_error(run_module("quant", "--config", config, "--model_path", weights, "--save_dir",
+                          tmp_path / "q", "--format", "onnx", "--algo", "mse"), "--algo mse")
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--engine", "openvino"], "runs on oneDNN"),
+    (["--engine", "plain"], "runs on oneDNN"),
+    (["--enable_mkldnn", "False"], "runs on oneDNN"),
+    (["--precision", "fp32"], "this is an INT8 export"),
+    (["--precision", "bf16"], "this is an INT8 export"),
+    (["--program", "pir"], "INT8 export is a legacy program"),
+    (["--backend", "onnxruntime"], "onnxruntime needs an export made with --format onnx"),
+])
+def test_int8_export_given_to_a_backend_that_cannot_run_it(case, exports, tmp_path, flags,
+                                                           fragment):
+    _, _, root = case
+    out = tmp_path / "out"
+    proc = run_module("infer", "--config", exports["int8_paddle"], "--image_path",
+                      os.path.join(root, "data", "images"), "--save_dir", out, *flags)
+    errors = [s for s in proc.stderr.splitlines() if s.startswith("mobileseg infer: error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert fragment in errors[0], errors[0]
+    assert not out.exists()
+
+
+def test_fp32_export_asked_for_int8_or_fp16_on_the_cpu(exports):
+    dep = DeployConfig(exports["fp32_paddle"])
+    with pytest.raises(Exception, match="mobileseg quant"):
+        create_runner(dep, "paddle", PredictorOptions(precision="int8"))
+    with pytest.raises(Exception, match="TensorRT"):
+        create_runner(dep, "paddle", PredictorOptions(precision="fp16"))
+    with pytest.raises(Exception, match="bf16 runs on oneDNN"):
+        create_runner(DeployConfig(exports["fp32_onnx"]), "onnxruntime",
+                      PredictorOptions(precision="bf16"))
+
+
+def test_tensorrt_and_onednn_configuration_of_an_int8_export(exports, tmp_path):
+    """TensorRT INT8 is not runnable on this CPU build (untested on a GPU): its configuration is
+    checked on test_paddle_inference's recorder. An INT8 export brings its scales (no
+    calibration mode); on the CPU it switches oneDNN's int8 passes on."""
+    from helpers.recording import RecordingConfig
+    from mobileseg_paddle.deploy.runners import paddle_inference as P
+
+    int8 = DeployConfig(exports["int8_paddle"])
+    shapes = tmp_path / "shape.pbtxt"
+    shapes.write_text("")
+    trt = P.make_config(int8, PredictorOptions(device="gpu", use_trt=True,
+                                               shape_range_file=str(shapes),
+                                               trt_calib_mode=True), RecordingConfig)
+    (_, kwargs), = trt.called("enable_tensorrt_engine")
+    import paddle.inference as pi
+    assert kwargs["precision_mode"] == pi.PrecisionType.Int8 and not kwargs["use_calib_mode"]
+    with pytest.raises(Exception, match="INT8 export"):
+        P.make_config(int8, PredictorOptions(device="gpu", use_trt=True, precision="fp16",
+                                             shape_range_file=str(shapes)), RecordingConfig)
+    cpu = P.make_config(int8, PredictorOptions(), RecordingConfig)
+    assert cpu.called("enable_mkldnn") and cpu.called("enable_mkldnn_int8")
+    fp32 = DeployConfig(exports["fp32_paddle"])
+    bf16 = P.make_config(fp32, PredictorOptions(precision="bf16"), RecordingConfig)
+    assert bf16.called("enable_mkldnn_bfloat16") and not bf16.called("enable_mkldnn_int8")
+    assert bf16.called("__init__") != [((), {})]  # no marked interpolations (see make_config)
