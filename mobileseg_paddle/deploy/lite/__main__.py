@@ -2,7 +2,8 @@
 Paddle Lite models, run or time them on this machine.
 
   mobileseg lite --config C --model_path W --save_dir D [--input_shape 1 3 256 256]
-                 [--valid_targets arm,x86] [--output_op none|argmax] [--precision fp32|fp16]
+                 [--valid_targets arm,x86] [--output_op none|argmax]
+                 [--precision fp32|fp16|int8] [--num_calib 32] [--algo avg]
                                                     # convert (also: `convert` subcommand)
   mobileseg lite segment --model_dir D --image I --out_dir O     # x86 host check
   mobileseg lite bench --model_dir D [--repeats 50]               # x86 latency, 1 thread
@@ -38,8 +39,15 @@ def add_convert_args(parser):
                              "argmax: the int64 (1, H, W) label map in the graph (what "
                              "Paddle-Lite-Demo's segmentation demo reads)")
     parser.add_argument("--precision", default="fp32",
-                        help="fp32, or fp16: FP16 kernels in the ARM model (ARMv8.2 cores, "
-                             "e.g. Snapdragon 855)")
+                        help="fp32; fp16: FP16 kernels in the ARM model (ARMv8.2 cores, "
+                             "e.g. Snapdragon 855); int8: post-training quantization, int8 "
+                             "conv/fc kernels (calibrated on the config's train_dataset)")
+    parser.add_argument("--num_calib", type=int, default=None,
+                        help="--precision int8: calibration images from the train_dataset "
+                             "(default 32, at least 4)")
+    parser.add_argument("--algo", default=None,
+                        help="--precision int8: how activation scales are found: avg (default), "
+                             "abs_max, hist, KL, mse")
 
 
 def build_parser():
@@ -67,7 +75,8 @@ def run(args):
     if args.cmd == "convert":
         from .convert import convert
         convert(args.config, args.model_path, args.save_dir, args.input_shape, args.valid_targets,
-                output_op=args.output_op, precision=args.precision)
+                output_op=args.output_op, precision=args.precision, num_calib=args.num_calib,
+                algo=args.algo)
     elif args.cmd == "check":
         from . import check
         result = check.check(args.model_dir, args.reference, source=args.source,

@@ -3,8 +3,8 @@ headers) from source, tailored to our models' kernels, cached.
 
 Why from source: the phone/board side needs the same Lite release as the ``.nb`` files (opt
 2.13rc0 writes ``v2.13-rc`` into them), and a library tailored to the kernels the models use is
-a third of the full one (0.82 MB with FP16 kernels instead of 2.5 MB) and builds in about 6
-minutes on 2 cores with ninja instead of about 35.
+well under half of the full one (0.94 MB with FP16 and INT8 kernels instead of 2.5 MB) and
+builds in about 6 to 8 minutes on 2 cores with ninja instead of about 35.
 
 How (facts in ../shared/vendor/README.md):
 - source: a Paddle Lite source tarball or folder (default ``MOBILESEG_LITE_SOURCE``, else
@@ -18,10 +18,11 @@ How (facts in ../shared/vendor/README.md):
   writes with ``record_model_info(True)`` (``.tailored_ops_list``, ``.tailored_ops_source_list``,
   ``.tailored_kernels_list``, ``.tailored_kernels_source_list``, the last two line by line
   paired). ``models=None`` uses ``arm_kernels.txt`` beside this module: the union of the ARM
-  FP32 and FP16 kernels of the five configs of ``configs/mobileseg`` (logits and argmax
-  outputs), written by ``record_tailoring`` + ``write_kernel_file`` (see ``main``'s
-  ``--record``). With FP16 the kernel ``conv_depthwise_common`` is added: ``conv_compute.cc``
-  calls it for FP16 but opt never records it, and without it the library does not link.
+  FP32, FP16 and INT8 (``--precision int8``) kernels of the five configs of
+  ``configs/mobileseg`` (logits and argmax outputs), written by ``record_tailoring`` +
+  ``write_kernel_file`` (see ``main``'s ``--record``). With FP16 the kernel
+  ``conv_depthwise_common`` is added: ``conv_compute.cc`` calls it for FP16 but opt never
+  records it, and without it the library does not link.
   Without FP16 the kFP16 kernels are dropped: the tailored kernel sources would register them
   outside the ``#ifdef`` that compiles them, and the build fails;
 - FP16 (``-DLITE_WITH_ARM82_FP16=ON``): one library runs FP32 and FP16 ``.nb``; it is compiled
@@ -43,7 +44,8 @@ armv8/cxx``; there is no NDK on this machine, so that path has not been run.
       [--android_ndk DIR]
   mobileseg lite build-runtime --record OUT MODEL_DIR ...
       # opt's tailoring lists of converted model folders (model.pdmodel + .pdiparams, as
-      # `mobileseg lite convert` leaves them), FP32 and FP16, one subfolder each, into OUT
+      # `mobileseg lite convert` leaves them), FP32 and FP16 (a --precision int8 folder: its
+      # int8 program as it is), one subfolder each, into OUT
 """
 
 import argparse
@@ -173,7 +175,10 @@ RECORD = ("import sys, paddlelite.lite as l\n"
 def record_tailoring(model_dirs, out_dir, fp16=True, runtime=None, log=print):
     """Run opt on each converted model folder (``model.pdmodel`` + ``model.pdiparams``) for
     ARM FP32 (and FP16), recording the tailoring lists into ``out_dir/<model>_<precision>/``;
-    return their union."""
+    return their union. A folder converted with ``--precision int8`` (its manifest says so)
+    holds the quantized program: it is recorded once, as it is (``<model>_int8``: opt's int8
+    kernels and the FP32 kernels around them)."""
+    from . import manifest as mf
     from .convert import PROGRAM_PREFIX
     from .lite_env import LiteRuntime
     runtime = runtime or LiteRuntime.find()
@@ -183,7 +188,9 @@ def record_tailoring(model_dirs, out_dir, fp16=True, runtime=None, log=print):
         if not (os.path.isfile(model) and os.path.isfile(params)):
             raise UserError(f"{d}: no {PROGRAM_PREFIX}.pdmodel + .pdiparams (a folder written "
                             f"by `mobileseg lite convert`)")
-        for precision in ("fp32", "fp16") if fp16 else ("fp32",):
+        int8 = (os.path.isfile(os.path.join(d, mf.FILENAME))
+                and mf.read_manifest(d).get("precision", {}).get("arm") == "int8")
+        for precision in ("int8",) if int8 else ("fp32", "fp16") if fp16 else ("fp32",):
             out = os.path.join(out_dir, f"{os.path.basename(os.path.normpath(d))}_{precision}")
             # the worker's argv with this snippet in place of lite_worker.py
             cmd = [*runtime.command()[:-1], "-c", RECORD, runtime.path(model),

@@ -10,7 +10,8 @@ weights) or the x86 ``.nb`` (``--reference x86``, Lite's x86 kernels).
 
 Bounds, per the model's precision (the manifest's ``precision.arm``):
 - fp32: relative L2 error of the logits <= 1e-4 and an identical argmax;
-- fp16: relative L2 <= 1e-2 and argmax agreement >= 99%.
+- fp16: relative L2 <= 1e-2 and argmax agreement >= 99%;
+- int8: argmax agreement >= 97% (the relative L2 is printed, not bounded: see ``BOUNDS``).
 A model converted with ``--output_op argmax`` has only labels: the agreement bound applies.
 
 Before anything runs, one clear error for: no qemu, no runtime, a ``.nb`` of another Lite
@@ -33,7 +34,11 @@ from mobileseg_paddle.errors import UserError, one_line
 from . import manifest as mf
 
 BOUNDS = {"fp32": {"rel_l2": 1e-4, "agreement": 1.0},
-          "fp16": {"rel_l2": 1e-2, "agreement": 0.99}}
+          "fp16": {"rel_l2": 1e-2, "agreement": 0.99},
+          # int8 activation scales are calibrated on images, and the check's input is noise:
+          # the logits' relative error is no measure there (0.50 on the membrane model, whose
+          # labels still agreed on 99.6 %), only the labels are bounded
+          "int8": {"rel_l2": None, "agreement": 0.97}}
 # Lite's TargetType numbers, as a .nb records them in each kernel's "op/alias/target/precision/
 # layout" key (lite/api/paddle_place.h)
 TARGET_NAMES = {1: "host", 2: "x86", 3: "cuda", 4: "arm", 5: "opencl"}
@@ -75,6 +80,13 @@ def check_arm_nb(path, lite_version):
     return info
 
 
+def kernel_precision(info):
+    """fp16, int8 or fp32: what the kernels of a ``read_nb`` result compute in (Lite's
+    PrecisionType 5 kFP16, 2 kInt8; an INT8 model keeps FP32 kernels between its int8 ones)."""
+    precisions = {k[3] for k in info["kernels"]}
+    return "fp16" if 5 in precisions else "int8" if 2 in precisions else "fp32"
+
+
 def find_qemu():
     """Path of qemu-aarch64 (user mode); UserError naming the package if there is none."""
     for name in QEMU_NAMES:
@@ -101,7 +113,8 @@ def compare(output, reference_logits, precision, kind="logits"):
     else:
         err, labels = None, np.asarray(output)[0]
     agreement = float(np.mean(labels == ref_labels))
-    passed = agreement >= bounds["agreement"] and (err is None or err <= bounds["rel_l2"])
+    passed = agreement >= bounds["agreement"] and (err is None or bounds["rel_l2"] is None
+                                                   or err <= bounds["rel_l2"])
     return {"rel_l2": err, "agreement": agreement, "bounds": bounds, "passed": passed}
 
 
@@ -206,7 +219,7 @@ def check(model_dir, reference="dygraph", runtime=None, log=print, source=None):
     qemu = find_qemu()
     runtime = runtime or arm_runtime.build_runtime(source, log=log)  # cached: seconds after
     info = check_arm_nb(nb, runtime["version"])
-    if (5 in {k[3] for k in info["kernels"]}) != (precision == "fp16"):  # 5: Lite's kFP16
+    if kernel_precision(info) != precision:
         raise UserError(f"{nb}: its kernels are not the {precision} the manifest's "
                         f"'precision.arm' says")
     mf.check_lite_version(manifest, model_dir, runtime["version"])
@@ -223,8 +236,9 @@ def check(model_dir, reference="dygraph", runtime=None, log=print, source=None):
 
 def describe(result):
     """The result line the command prints."""
+    bound = result["bounds"]["rel_l2"]
     err = "" if result["rel_l2"] is None else f"relative L2 {result['rel_l2']:.2e} " \
-        f"(bound {result['bounds']['rel_l2']:g}), "
+        f"({'not bounded' if bound is None else f'bound {bound:g}'}), "
     return (f"{'PASS' if result['passed'] else 'FAIL'}: {result['nb']} ({result['precision']}) "
             f"against {result['reference']}: {err}argmax agreement "
             f"{100 * result['agreement']:.3f}% (bound {100 * result['bounds']['agreement']:g}%)")

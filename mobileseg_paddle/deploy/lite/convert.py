@@ -14,6 +14,23 @@ into a temporary folder beside ``save_dir`` that is moved in place only when com
    opt's FP16 mode for the ARM model, for ARMv8.2 cores such as the Snapdragon 855's);
 4. manifest.json (see ``manifest.py``).
 
+``--precision int8`` (``quantize_int8``): between steps 2 and 3 the program is quantized after
+training (``mobileseg_paddle.deploy.quant.quantize_program``: ``quantize_linear``/
+``dequantize_linear`` with int8 weights per output channel, activation scales found on
+``--num_calib`` images of the config's train_dataset through its val transforms, each resized
+bilinearly to the model's fixed H, W *after* normalisation: normalisation is affine per channel,
+so this equals the demo's resize-then-normalise up to rounding), and the compatibility pass runs
+again on the quantized program (Paddle writes it as Paddle 3 does: ``relu6`` loses its
+``threshold`` again). opt folds the quant ops into its int8 conv/depthwise/fc kernels (the op
+report lists them as kernel-less: ``FOLDED_QUANT_OPS`` are not counted), the other ops stay FP32
+with ``calib`` ops between. ARM only: Lite 2.13 has x86 int8 conv kernels too, and opt writes
+an x86 ``.nb`` of the same program, but on the membrane model its labels agreed with the FP32
+model's on 87-90% of the pixels, where the ARM kernels' and Paddle's own run of the quantized
+program agree on 99% (deploy/lite/README.md): an x86 INT8 model would not show what the phone
+computes.
+The calibration images are read before anything is written (bad ``--num_calib``, no
+train_dataset: one error, nothing written).
+
 A failure leaves ``save_dir`` as it was.
 """
 
@@ -29,6 +46,9 @@ from .program_compat import make_lite_compatible
 
 PROGRAM_PREFIX = "model"  # model.pdmodel / model.pdiparams: the legacy program opt reads
 DEFAULT_SHAPE = (1, 3, 256, 256)
+# quantize_linear/dequantize_linear: no Lite kernels of their own, opt folds them into the
+# int8 kernels of the ops they surround (Lite's op report lists them as unsupported)
+FOLDED_QUANT_OPS = ("quantize_linear", "dequantize_linear")
 
 
 def parse_input_shape(values):
@@ -95,6 +115,77 @@ def export_program(model, out_dir, input_shape, output_op="none"):
         out_dir, PROGRAM_PREFIX + ".pdiparams")
 
 
+def calibration_batches(config, num_calib, input_shape, log=print):
+    """The ``--num_calib`` calibration images of ``config`` (``quant.calibration_images``:
+    train_dataset images through the val transforms), each resized bilinearly to the model's
+    input H, W: (1, 3, H, W) float32 arrays. UserError (before anything is written) for a
+    config without train_dataset or with fewer images than ``num_calib``."""
+    import time
+
+    import cv2
+    import numpy as np
+
+    from mobileseg_paddle.config import load_config
+    from mobileseg_paddle.deploy import quant
+
+    _, _, h, w = input_shape
+    t0 = time.time()
+    cfg = load_config(config, sections=("model", "val_dataset"))  # not the training sections
+    images = quant.calibration_images(cfg, num_calib, f"--config {config}")
+    batches = []
+    for image in images:  # (1, 3, h0, w0), normalised
+        hwc = np.ascontiguousarray(image[0].transpose(1, 2, 0))
+        if hwc.shape[:2] != (h, w):
+            hwc = cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+        batches.append(np.ascontiguousarray(hwc.transpose(2, 0, 1)[None], dtype=np.float32))
+    sizes = sorted({f"{b.shape[2]}x{b.shape[3]}" for b in images})
+    log(f"calibration: {len(batches)} images of the train_dataset through the val transforms "
+        f"({', '.join(sizes[:4])}{' ...' if len(sizes) > 4 else ''} -> {h}x{w}, "
+        f"{time.time() - t0:.1f} s)")
+    return batches, [b.shape for b in images]
+
+
+def quantize_int8(folder, batches, algo, log=print):
+    """Quantize ``folder``'s model.pdmodel + .pdiparams in place (``quant.quantize_program``),
+    then the compatibility pass again; returns its fixes."""
+    import time
+
+    from mobileseg_paddle.deploy import quant
+
+    t0 = time.time()
+    fp32 = os.path.join(folder, ".fp32")
+    os.mkdir(fp32)
+    for ext in (".pdmodel", ".pdiparams"):
+        os.rename(os.path.join(folder, PROGRAM_PREFIX + ext), os.path.join(fp32, PROGRAM_PREFIX + ext))
+    log("quantizing to int8 (Paddle's post-training quantization; minutes for a large graph)")
+    try:  # Paddle prints a progress bar per stage on stderr
+        quant.quantize_program(fp32, folder, batches, algo,
+                               model_filename=PROGRAM_PREFIX + ".pdmodel",
+                               params_filename=PROGRAM_PREFIX + ".pdiparams")
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"INT8 quantization failed: {one_line(e)}") from e
+    finally:
+        shutil.rmtree(fp32, ignore_errors=True)
+    fixes = make_lite_compatible(os.path.join(folder, PROGRAM_PREFIX + ".pdmodel"))
+    log(f"quantized (int8 weights per channel, activations: {algo}) on {len(batches)} images "
+        f"in {time.time() - t0:.1f} s")
+    return fixes
+
+
+def _check_int8_nb(nb):
+    """UserError unless opt turned the quantized program into int8 kernels (read from the
+    .nb: each kernel's key names its precision)."""
+    from .check import kernel_precision, read_nb
+    info = read_nb(nb)
+    left = sorted({k[0] for k in info["kernels"]} & set(FOLDED_QUANT_OPS))
+    if left or kernel_precision(info) != "int8":
+        raise UserError(f"Paddle Lite's opt did not fold the quantized program into int8 "
+                        f"kernels ({os.path.basename(nb)}: "
+                        f"{'left ' + ', '.join(left) if left else 'no int8 kernel'})")
+
+
 def _install(tmp, save_dir):
     """Move the finished files of ``tmp`` into ``save_dir``, the manifest last."""
     if not os.path.exists(save_dir):
@@ -110,15 +201,31 @@ def _install(tmp, save_dir):
 
 
 def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targets="arm",
-            runtime=None, log=print, output_op="none", precision="fp32"):
-    """Convert; return the manifest dict. Raises UserError with one clear message on bad input."""
+            runtime=None, log=print, output_op="none", precision="fp32", num_calib=None,
+            algo=None):
+    """Convert; return the manifest dict. Raises UserError with one clear message on bad input.
+    ``num_calib``, ``algo``: the INT8 calibration (``--precision int8`` only; defaults
+    ``quant.DEFAULT_NUM_CALIB``, ``quant.DEFAULT_ALGO``)."""
     from mobileseg_paddle.builder import build_model
     from mobileseg_paddle.config import normalization
+    from mobileseg_paddle.deploy import quant
 
     input_shape = parse_input_shape(input_shape)
     targets = parse_targets(valid_targets)
     parse_choice("--output_op", output_op, mf.OUTPUT_OPS)
     parse_choice("--precision", precision, mf.PRECISIONS)
+    int8 = precision == "int8"
+    if not int8 and (num_calib is not None or algo is not None):
+        raise UserError(f"--num_calib and --algo are for --precision int8 (not {precision})")
+    num_calib = quant.DEFAULT_NUM_CALIB if num_calib is None else num_calib
+    algo = quant.DEFAULT_ALGO if algo is None else algo
+    if int8:
+        quant.check_calibration(num_calib, algo)
+    if int8 and targets != ["arm"]:
+        raise UserError(f"--precision int8 is for the ARM model only (--valid_targets "
+                        f"{','.join(targets)}): the labels of Lite 2.13's x86 int8 kernels "
+                        f"agree with the FP32 model's on only about 88% of the pixels (ARM: "
+                        f"99%); convert the x86 model for host checks without --precision int8")
     fp16 = ["arm"] if precision == "fp16" else []
     if fp16 and "arm" not in targets:
         raise UserError(f"--precision fp16 is for the ARM model (--valid_targets "
@@ -127,6 +234,11 @@ def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targe
         raise UserError(f"--config {config}: no such file")
     if model_path is not None and not os.path.exists(model_path):
         raise UserError(f"--model_path {model_path}: no such file")
+    calibration = None
+    if int8:  # before anything is written: a config without train_dataset fails here
+        batches, shapes = calibration_batches(config, num_calib, input_shape, log)
+        calibration = dict(quant.calibration_info(len(batches), algo, shapes=shapes),
+                           resized_to=f"{input_shape[2]}x{input_shape[3]}")
     runtime = runtime or LiteRuntime.find()
     if model_path is None:
         log("warning: no --model_path: exporting randomly initialised weights")
@@ -144,19 +256,26 @@ def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targe
         log(f"exporting {config} at {input_shape} (legacy program format)")
         model_file, param_file = export_program(model, tmp, input_shape, output_op)
         fixes = make_lite_compatible(model_file)
+        if int8:
+            fixes = quantize_int8(tmp, batches, algo, log)
         log("compatibility fixes: " + (", ".join(f"{k} x{v}" for k, v in fixes.items() if v)
                                        or "none needed"))
         result = runtime.opt(model_file, param_file,
                              {t: os.path.join(tmp, f"{PROGRAM_PREFIX}_{t}") for t in targets},
-                             fp16=fp16)
+                             fp16=fp16, folded=FOLDED_QUANT_OPS if int8 else ())
         lite_version = result["version"]
         _raise_unsupported(lite_version, result["reports"])
         models = {}
         for target in targets:
             nb = result["models"][target]
             models[target] = os.path.basename(nb)
-            log(f"{target}: all {len(result['reports'][target]['ops'])} op types have Lite "
-                f"kernels; wrote {models[target]} ({os.path.getsize(nb) / 1e6:.1f} MB)")
+            if int8:
+                _check_int8_nb(nb)
+            ops = result["reports"][target]["ops"]
+            folded = [op for op in FOLDED_QUANT_OPS if op in ops] if int8 else []
+            log(f"{target}: all {len(ops) - len(folded)} op types have Lite kernels"
+                + (f" ({' and '.join(folded)} folded into int8 kernels)" if folded else "")
+                + f"; wrote {models[target]} ({os.path.getsize(nb) / 1e6:.1f} MB)")
         manifest = mf.make_manifest(
             lite_version, models, input_shape, mean, std, int(model.num_classes), fixes,
             {"config": os.path.abspath(config),
@@ -164,7 +283,9 @@ def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targe
              "model": type(model).__name__,
              "backbone": type(getattr(model, "backbone", None)).__name__},
             output_op=output_op,
-            precision={t: "fp16" if t in fp16 else "fp32" for t in targets})
+            precision={t: "fp16" if t in fp16 else precision if int8 else "fp32"
+                       for t in targets},
+            calibration=calibration)
         mf.write_manifest(manifest, tmp)
         _install(tmp, save_dir)
     finally:

@@ -110,15 +110,17 @@ class LiteRuntime:
             self.run_worker({"cmd": "version"})
         return self._version
 
-    def opt(self, model_file, param_file, outputs, check_only=False, fp16=()):
+    def opt(self, model_file, param_file, outputs, check_only=False, fp16=(), folded=()):
         """Op report of every target of ``outputs`` ({target: out prefix}), then, only if no
         target lacks a kernel (and not ``check_only``), opt -> prefix.nb per target (FP16
-        kernels for the targets in ``fp16``). Returns {"version", "reports": {target: {"ops",
-        "unsupported"}}, "models": {target: .nb path}}."""
+        kernels for the targets in ``fp16``). ``folded``: ops without kernels of their own that
+        opt folds into others (the quant ops of an INT8 program), not counted as unsupported.
+        Returns {"version", "reports": {target: {"ops", "unsupported"}}, "models": {target:
+        .nb path}}."""
         result, _ = self.run_worker({
             "cmd": "opt", "model_file": self.path(model_file), "param_file": self.path(param_file),
             "outputs": {t: self.path(p) for t, p in outputs.items()}, "check_only": check_only,
-            "fp16": list(fp16)})
+            "fp16": list(fp16), "folded": list(folded)})
         result["models"] = {t: outputs[t] + ".nb" for t in result["models"]}
         return result
 

@@ -8,10 +8,12 @@ on). Every result carries ``version`` (Paddle Lite's). Arrays travel as ``{"dtyp
 
   {"cmd": "version"}
   {"cmd": "opt", "model_file": F, "param_file": F, "outputs": {"arm": PREFIX, ...},
-   "check_only": false, "fp16": ["arm"]}
+   "check_only": false, "fp16": ["arm"], "folded": ["quantize_linear", ...]}
       op report of every target first (-> "reports"); only if every op of every target has a
       kernel, opt writes PREFIX.nb per target (-> "models"), with FP16 kernels (opt's
-      enable_fp16) for the targets listed in "fp16"
+      enable_fp16) for the targets listed in "fp16". The "folded" ops have no kernels but opt
+      folds them into others (an INT8 program's quant ops): reported with false, not counted
+      as unsupported; opt aborts if one is left over
   {"cmd": "run", "nb": F, "input": ARRAY, "threads": 1, "expect_version": V}      -> "outputs"
   {"cmd": "bench", "nb": F, "shape": [1, 3, H, W], "threads": 1, "warmup": 10, "repeats": 50,
    "expect_version": V}                                    -> median_ms, mean_ms, min_ms ...
@@ -100,7 +102,7 @@ OP_REPORT = ("import sys, paddlelite.lite as l\n"
              "o.set_valid_places(sys.argv[3]); o.check_if_model_supported(True)\n")
 
 
-def op_report(model_file, param_file, target):
+def op_report(model_file, param_file, target, folded=()):
     proc = subprocess.run([sys.executable, "-c", OP_REPORT, model_file, param_file, target],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     text = proc.stdout.decode("utf-8", "replace")
@@ -114,13 +116,15 @@ def op_report(model_file, param_file, target):
     for op in (named.group(1).split(",") if named else []):
         if op.strip():
             ops[op.strip()] = False
-    return {"ops": ops, "unsupported": sorted(k for k, v in ops.items() if not v)}
+    return {"ops": ops, "unsupported": sorted(k for k, v in ops.items()
+                                              if not v and k not in folded)}
 
 
 def cmd_opt(req):
     require_files(req["model_file"], req["param_file"])
     outputs = req["outputs"]
-    reports = {t: op_report(req["model_file"], req["param_file"], t) for t in outputs}
+    folded = req.get("folded") or ()
+    reports = {t: op_report(req["model_file"], req["param_file"], t, folded) for t in outputs}
     result = {"version": lite_version(), "reports": reports, "models": {}}
     if req.get("check_only") or any(r["unsupported"] for r in reports.values()):
         emit(result)  # no .nb for any target: the caller reports the unsupported ops

@@ -12,10 +12,14 @@ manifest.json::
      "output": {"kind": "logits", "shape": [1, 19, 256, 256], "dtype": "float32",
                 "layout": "NCHW"},        # --output_op none (the default)
      # or    {"kind": "labels", "shape": [1, 256, 256], "dtype": "int64"}   # --output_op argmax
-     "precision": {"arm": "fp16", "x86": "fp32"},    # --precision (FP16 is ARM only)
+     "precision": {"arm": "fp16", "x86": "fp32"},    # --precision (FP16 and INT8 are ARM only)
      "num_classes": 19,
      "compat_fixes": {"relu6_threshold": 35, ...},
-     "source": {"config": "...", "model_path": "..."}}
+     "source": {"config": "...", "model_path": "..."},
+     # --precision int8 only: how the activation scales were found
+     "calibration": {"images": 32, "source": "train_dataset", "transforms": "val_dataset",
+                     "activations": "avg", "weights": "channel_wise_abs_max",
+                     "sizes": ["512x512"], "resized_to": "256x256"}}
 
 The C++ demo reads the same fields (deploy/lite/cpp/src/manifest.cc).
 """
@@ -30,14 +34,14 @@ FORMAT = "mobileseg-lite-manifest/1"
 FILENAME = "manifest.json"
 TARGETS = ("arm", "x86")
 OUTPUT_OPS = ("none", "argmax")      # logits, or the label map computed in the graph
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 LABEL_DTYPE = "int64"  # what Paddle-Lite-Demo's segmentation demo reads (Lite's arg_max default)
 MAX_SIDE = 8192  # input.shape H, W: larger would make preprocess allocate gigabytes for one image
 MAX_MANIFEST_BYTES = 1 << 20  # ours are ~1 kB; never load a huge file into memory
 
 
 def make_manifest(lite_version, models, input_shape, mean, std, num_classes, compat_fixes,
-                  source, output_op="none", precision=None):
+                  source, output_op="none", precision=None, calibration=None):
     n, c, h, w = input_shape
     if output_op == "argmax":
         output = {"kind": "labels", "shape": [n, h, w], "dtype": LABEL_DTYPE}
@@ -55,6 +59,7 @@ def make_manifest(lite_version, models, input_shape, mean, std, num_classes, com
         "num_classes": num_classes,
         "compat_fixes": dict(compat_fixes),
         "source": dict(source),
+        **({"calibration": dict(calibration)} if calibration else {}),
     }
 
 

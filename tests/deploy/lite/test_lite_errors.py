@@ -258,7 +258,7 @@ def test_valid_manifests_are_read(tmp_path):
     ("input.shape", [1, 3, 64, True]), ("input.shape", [2, 3, 64, 64]),
     ("input.shape", [1, 1, 64, 64]), ("input.shape", [1, 3, 100000, 100000]),
     ("input.shape", [1, 3, 0, 64]), ("lite_version", 2.13), ("format", "other/1"),
-    ("precision", ["fp16"]), ("precision", {"arm": "int8"}), ("source", "x"),
+    ("precision", ["fp16"]), ("precision", {"arm": "int4"}), ("source", "x"),
     ("source", {"config": 3}),
 ])
 def test_bad_manifest_field_is_one_error_naming_it(tmp_path, dotted, value):
