@@ -266,4 +266,4 @@ def test_tensorrt_and_onednn_configuration_of_an_int8_export(exports, tmp_path):
     fp32 = DeployConfig(exports["fp32_paddle"])
     bf16 = P.make_config(fp32, PredictorOptions(precision="bf16"), RecordingConfig)
     assert bf16.called("enable_mkldnn_bfloat16") and not bf16.called("enable_mkldnn_int8")
-    assert bf16.called("__init__") != [((), {})]  # no marked interpolations (see make_config)
+    assert bf16.called("set_bfloat16_op") == [((set(P.BF16_OPS),), {})]

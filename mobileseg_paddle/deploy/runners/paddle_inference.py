@@ -29,8 +29,8 @@ from mobileseg_paddle.errors import UserError, one_line
 
 TRT_PRECISIONS = {"fp32": "Float32", "fp16": "Half", "int8": "Int8"}  # -> pi.PrecisionType
 # the ops --precision bf16 runs in bfloat16 on oneDNN. Paddle's default (every op with a bf16
-# kernel) fails on Lite-HRNet-18 (a dequantize op without a kernel for its input) and was
-# slower on MobileNetV2 (18.8 against 15.5 ms at 256x256 on 1 thread, FP32 24.8)
+# kernel) fails on Lite-HRNet-18 and with the interpolations marked for oneDNN (a dequantize op
+# without a kernel for its input), and was slower on MobileNetV2
 BF16_OPS = ("conv2d", "fused_conv2d", "depthwise_conv2d", "pool2d", "elementwise_add",
             "elementwise_mul", "concat", "sigmoid", "relu", "matmul_v2", "fc")
 
@@ -62,9 +62,7 @@ def make_config(model, opts, config_cls=None):
     opts = resolve_options(model, opts)
     files = ModelFiles.of(model, "paddle", opts.program, opts.engine)
     config_cls = config_cls or pi.Config
-    # (in bfloat16 a marked interpolation fails in the dequantize op the bf16 pass puts after it)
-    if (opts.engine == "onednn" and opts.onednn_interp and files.program_kind == "legacy"
-            and opts.precision != "bf16"):
+    if opts.engine == "onednn" and opts.onednn_interp and files.program_kind == "legacy":
         config = config_cls()
         prog = mark_onednn_interpolations(_read(files.program))
         params = _read(files.params)
