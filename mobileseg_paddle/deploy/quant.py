@@ -232,8 +232,10 @@ def evaluate(runners, cfg, config_name="--config", log=print):
     from paddleseg.cvlibs import SegBuilder
     from paddleseg.utils import metrics
 
+    from mobileseg_paddle import compat
     from mobileseg_paddle.checks import CheckedDataset, check_samples
 
+    compat.apply()  # paddleseg 2.8's metric on Paddle 3 (idempotent)
     if not cfg.dic.get("val_dataset"):
         raise UserError(f"{config_name}: no val_dataset to evaluate on")
     try:
