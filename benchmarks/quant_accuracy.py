@@ -72,15 +72,6 @@ def write_yaml(path, dic):
     return path
 
 
-def drop_pretrained(node):
-    """``node`` without any ``pretrained`` key, at any depth."""
-    if isinstance(node, dict):
-        return {k: drop_pretrained(v) for k, v in node.items() if k != "pretrained"}
-    if isinstance(node, list):
-        return [drop_pretrained(v) for v in node]
-    return node
-
-
 def train(config, save_dir, iters):
     """Train ``config`` through the real ``mobileseg train`` unless ``save_dir`` already holds
     its final checkpoint; returns (weights, seconds or None when skipped)."""
@@ -136,7 +127,8 @@ def quickstart_case(args, name):
         log(f"generating the quick start's data in {data_dir}")
         synthetic.generate(data_dir, d["num_train"], d["num_val"], d["size"], d["seed"])
     zoo = os.path.join(ROOT, "configs", "mobileseg", QUICKSTART_BACKBONES[name][1])
-    model = drop_pretrained(copy.deepcopy(load_config(zoo, sections=("model",)).dic["model"]))
+    from mobileseg_paddle.builder import without_pretrained
+    model = without_pretrained(copy.deepcopy(load_config(zoo, sections=("model",)).dic["model"]))
     model["num_classes"] = synthetic.NUM_CLASSES
     dic = quickstart_config(data_dir, args.iters, args.batch_size, synthetic.NUM_CLASSES)
     dic["model"] = model
