@@ -18,6 +18,16 @@ def data_src(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("src") / "data", num_train=4, num_val=2, size=64)
 
 
+@pytest.fixture(scope="session")
+def membrane_model(tmp_path_factory):
+    """(config, weights) of MobileSeg-MobileNetV2 trained 150 iterations on the membrane images
+    (tests/helpers/membrane.py), trained once for the tests that bound ARM and INT8 results on
+    it (about two minutes); tests must not write into its folder."""
+    from helpers.membrane import require_membrane, train_model
+    require_membrane()
+    return train_model(str(tmp_path_factory.mktemp("membrane_model")))
+
+
 @pytest.fixture
 def data(tmp_path, data_src):
     """A private copy of the tiny dataset that a test may break."""

@@ -9,7 +9,7 @@ Paddle Lite models, run or time them on this machine.
   mobileseg lite bench --model_dir D [--repeats 50]               # x86 latency, 1 thread
   mobileseg lite build-runtime [--source S] [--no-fp16] [--android_ndk N]
                              # the armv8 light API from source, tailored, cached
-  mobileseg lite check --model_dir D [--reference dygraph|x86]
+  mobileseg lite check --model_dir D [--reference dygraph|x86] [--image I]
                              # run model_arm.nb on ARM kernels under qemu-aarch64 and compare
                              # (exit 0 within the bounds, 1 outside them)
 
@@ -67,6 +67,8 @@ def build_parser():
     p.add_argument("--model_dir", required=True)
     p.add_argument("--reference", default="dygraph",
                    help="dygraph (the checkpoint the manifest names) or x86 (model_x86.nb)")
+    p.add_argument("--image", help="the input image (default: noise; an int8 model: its first "
+                                   "calibration image)")
     p.add_argument("--source", help="Paddle Lite source for the runtime (see build-runtime)")
     return parser
 
@@ -79,7 +81,7 @@ def run(args):
                 algo=args.algo)
     elif args.cmd == "check":
         from . import check
-        result = check.check(args.model_dir, args.reference, source=args.source,
+        result = check.check(args.model_dir, args.reference, source=args.source, image=args.image,
                              log=lambda m: print(m, file=sys.stderr))
         print(check.describe(result))
         return 0 if result["passed"] else 1

@@ -27,7 +27,7 @@ from PIL import Image
 from helpers.arm import poisoned, require_arm
 from helpers.cpp import ANDROID_DIR, cmake_build
 from helpers.lite import require_lite_runtime
-from helpers.membrane import images, require_membrane, train_model
+from helpers.membrane import images, require_membrane
 from helpers.numerics import randomize_
 from mobileseg_paddle.builder import build_model
 from mobileseg_paddle.deploy.lite import check as arm_check
@@ -53,13 +53,13 @@ def arm():
 
 
 @pytest.fixture(scope="module")
-def membrane(tmp_path_factory):
+def membrane(tmp_path_factory, request):
     """MobileSeg-MobileNetV2 trained 150 iterations on the membrane images, converted to FP32
     (arm, x86), FP16 (arm) and FP32 with the argmax in the graph (arm, x86)."""
     require_membrane()
     lite = require_lite_runtime()
     work = tmp_path_factory.mktemp("arm_membrane")
-    config, weights = train_model(str(work))
+    config, weights = request.getfixturevalue("membrane_model")  # trained once a session
     dirs = {}
     for name, targets, kw in (("fp32", "arm,x86", {}), ("fp16", "arm", {"precision": "fp16"}),
                               ("argmax", "arm,x86", {"output_op": "argmax"})):
