@@ -17,8 +17,8 @@ Cases:
    800 (Lite-HRNet-18: 0.68, it learns slower).
 
 Times on 2 busy cores: training 800 iterations 4-7 min, Lite-HRNet-18 13 min; a case's
-exports and evaluation ~1 min, Lite-HRNet-18's ~12 min (Paddle's INT8 calibration of its ~1700
-quantized weights alone 8-13 min: ``--reuse_exports`` keeps the exports of an earlier run).
+exports and evaluation ~1 min, Lite-HRNet-18's a few minutes (``--reuse_exports`` keeps the
+exports of an earlier run).
 
 For each: the FP32 Paddle export (oneDNN) and the FP32 ONNX export; INT8 through
 ``mobileseg_paddle.deploy.quant.quantize`` for Paddle (oneDNN) and ONNX (onnxruntime),
@@ -328,7 +328,7 @@ def build_parser():
     p.add_argument("--json", default=None, help="default: <work_dir>/quant_accuracy.json")
     p.add_argument("--reuse_exports", action="store_true",
                    help="keep the exports an earlier run wrote (newer than the weights) "
-                        "instead of writing them again (Lite-HRNet's INT8 one takes ~13 min)")
+                        "instead of writing them again")
     p.add_argument("--table_only", action="store_true",
                    help="print the table of the JSON, run nothing")
     return p

@@ -109,6 +109,38 @@ def test_paddle_int8_program_has_int8_weights_in_the_linear_quant_form(exports):
     assert os.path.getsize(int8.file("params")) < 0.5 * fp32_size
 
 
+def _ops_and_params(folder):
+    """The multiset of (op type, inputs, outputs) of a legacy program and its params bytes."""
+    from paddle.base import core
+    with open(os.path.join(folder, "model.pdmodel"), "rb") as f:
+        desc = core.ProgramDesc(f.read())
+    block = desc.block(0)  # borrowed from desc, which must outlive it
+    ops = sorted((op.type(), *(tuple(op.input(k)) for k in sorted(op.input_names())),
+                  *(tuple(op.output(k)) for k in sorted(op.output_names())))
+                 for op in (block.op(i) for i in range(block.op_size())))
+    with open(os.path.join(folder, "model.pdiparams"), "rb") as f:
+        return ops, f.read()
+
+
+def test_linear_time_graph_edits_write_the_same_program(exports, tmp_path, monkeypatch):
+    """Paddle's own graph edits and ours (``_linear_time_graph_edits``) quantize a program
+    into the same ops and weights, and Paddle's methods are back afterwards."""
+    import contextlib
+
+    from paddle.base.framework import IrGraph
+    before = dict(IrGraph.__dict__)
+    src = DeployConfig(exports["fp32_paddle"]).file("legacy")
+    batches = [np.random.default_rng(k).normal(size=(1, 3, SIZE, SIZE)).astype(np.float32)
+               for k in range(2)]
+    Q.quantize_program(os.path.dirname(src), str(tmp_path / "ours"), batches)
+    assert dict(IrGraph.__dict__) == before
+    monkeypatch.setattr(Q, "_linear_time_graph_edits", contextlib.nullcontext)
+    Q.quantize_program(os.path.dirname(src), str(tmp_path / "paddle"), batches)
+    ours, paddles = _ops_and_params(tmp_path / "ours"), _ops_and_params(tmp_path / "paddle")
+    assert sum(op[0] == "quantize_linear" for op in ours[0]) >= 20
+    assert ours == paddles
+
+
 def test_onnx_int8_export_is_qdq_with_int8_weights(exports):
     import onnx
     model = onnx.load(DeployConfig(exports["int8_onnx"]).file("onnx"))

@@ -157,7 +157,7 @@ def quantize_int8(folder, batches, algo, log=print):
     os.mkdir(fp32)
     for ext in (".pdmodel", ".pdiparams"):
         os.rename(os.path.join(folder, PROGRAM_PREFIX + ext), os.path.join(fp32, PROGRAM_PREFIX + ext))
-    log("quantizing to int8 (Paddle's post-training quantization; minutes for a large graph)")
+    log("quantizing to int8 (Paddle's post-training quantization)")
     try:  # Paddle prints a progress bar per stage on stderr
         quant.quantize_program(fp32, folder, batches, algo,
                                model_filename=PROGRAM_PREFIX + ".pdmodel",
