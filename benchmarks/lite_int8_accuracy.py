@@ -50,12 +50,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quant_accuracy import CASES, QUICKSTART_BACKBONES, QUICKSTART_DATA, log  # noqa: E402
+from quant_accuracy import (  # noqa: E402
+    CASES,
+    QUICKSTART_BACKBONES,
+    QUICKSTART_DATA,
+    add_study_args,
+    load_cases,
+    log,
+    save_cases,
+)
 
 PRECISIONS = ("fp32", "int8")
 MEMBRANE_SIZE = 256  # tests/deploy/lite/test_lite_int8.py's input
 SLOW = "litehrnet18"  # its INT8 conversion is the slowest (~130 s): run last by default
 DEFAULT_CASES = tuple(c for c in CASES if c != SLOW) + (SLOW,)
+JSON_NAME = "lite_int8_accuracy.json"
 SIDECAR = "benchmark.json"  # beside a conversion's manifest: what it was made from, how long
 
 
@@ -267,29 +276,13 @@ def build_parser():
     p.add_argument("--membrane_size", type=int, default=MEMBRANE_SIZE,
                    help="membrane's input H = W (the images are 512x512); another size than "
                         f"{MEMBRANE_SIZE} is the case membrane@<size>")
-    p.add_argument("--num_calib", type=int, default=32,
-                   help="calibration images (at most the train split's: 24 on membrane)")
-    p.add_argument("--algo", default="avg", help="activation scale search (quant.ALGOS)")
-    p.add_argument("--max_drop", type=float, default=1.0, help="goal: INT8 mIoU drop, points")
-    p.add_argument("--min_agreement", type=float, default=98.0,
-                   help="goal: INT8 pixel agreement with FP32, percent")
-    p.add_argument("--reeval", action="store_true",
-                   help="evaluate again cases the JSON already holds")
-    p.add_argument("--json", default=None, help="default: <work_dir>/lite_int8_accuracy.json")
-    p.add_argument("--table_only", action="store_true",
-                   help="print the table of the JSON, run nothing")
+    add_study_args(p, JSON_NAME)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.work_dir = os.path.abspath(args.work_dir)
-    os.makedirs(args.work_dir, exist_ok=True)
-    out_json = args.json or os.path.join(args.work_dir, "lite_int8_accuracy.json")
-    cases = {}
-    if os.path.isfile(out_json):
-        with open(out_json) as f:
-            cases = json.load(f).get("cases", {})
+    out_json, cases = load_cases(args, JSON_NAME)
     arm = None
     for name in [] if args.table_only else args.cases:
         log(f"===== case {name}")
@@ -323,10 +316,7 @@ def main(argv=None):
                     case_seconds=round(time.time() - t0))
         case["goal_misses"] = goal_misses(case, args.max_drop, args.min_agreement)
         cases[key] = case
-        with open(out_json, "w") as f:
-            json.dump({"goal": {"max_drop_points": args.max_drop,
-                                "min_agreement_percent": args.min_agreement},
-                       "cases": cases}, f, indent=2)
+        save_cases(out_json, args, cases)
         r = case["results"]
         log(f"{key}: mIoU FP32 {r['fp32']['miou']:.4f}, INT8 {r['int8']['miou']:.4f}, "
             f"agreement {100 * case['agreement']:.2f}% ({case['case_seconds']} s); "

@@ -300,6 +300,39 @@ def table(cases, max_drop, min_agreement):
     return "\n".join(lines)
 
 
+def add_study_args(p, json_name):
+    """The calibration, goal and JSON options this study shares with lite_int8_accuracy.py."""
+    p.add_argument("--num_calib", type=int, default=32,
+                   help="calibration images (at most the train split's: 24 on membrane)")
+    p.add_argument("--algo", default="avg", help="activation scale search (quant.ALGOS)")
+    p.add_argument("--max_drop", type=float, default=1.0, help="goal: INT8 mIoU drop, points")
+    p.add_argument("--min_agreement", type=float, default=98.0,
+                   help="goal: INT8 pixel agreement with FP32, percent")
+    p.add_argument("--reeval", action="store_true",
+                   help="evaluate again cases the JSON already holds")
+    p.add_argument("--json", default=None, help=f"default: <work_dir>/{json_name}")
+    p.add_argument("--table_only", action="store_true",
+                   help="print the table of the JSON, run nothing")
+
+
+def load_cases(args, json_name):
+    """(path of the study's JSON, its cases so far); makes ``--work_dir`` absolute."""
+    args.work_dir = os.path.abspath(args.work_dir)
+    os.makedirs(args.work_dir, exist_ok=True)
+    out_json = args.json or os.path.join(args.work_dir, json_name)
+    if not os.path.isfile(out_json):
+        return out_json, {}
+    with open(out_json) as f:
+        return out_json, json.load(f).get("cases", {})
+
+
+def save_cases(out_json, args, cases):
+    with open(out_json, "w") as f:
+        json.dump({"goal": {"max_drop_points": args.max_drop,
+                            "min_agreement_percent": args.min_agreement},
+                   "cases": cases}, f, indent=2)
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work_dir", default="/tmp/qacc",
@@ -317,33 +350,16 @@ def build_parser():
     p.add_argument("--membrane_config", default=None,
                    help="reuse a trained membrane model: its config (.yml) ...")
     p.add_argument("--membrane_weights", default=None, help="... and its model.pdparams")
-    p.add_argument("--num_calib", type=int, default=32,
-                   help="calibration images (at most the train split's: 24 on membrane)")
-    p.add_argument("--algo", default="avg", help="activation scale search (quant.ALGOS)")
-    p.add_argument("--max_drop", type=float, default=1.0, help="goal: INT8 mIoU drop, points")
-    p.add_argument("--min_agreement", type=float, default=98.0,
-                   help="goal: INT8 pixel agreement with FP32, percent")
-    p.add_argument("--reeval", action="store_true",
-                   help="evaluate again cases the JSON already holds")
-    p.add_argument("--json", default=None, help="default: <work_dir>/quant_accuracy.json")
+    add_study_args(p, "quant_accuracy.json")
     p.add_argument("--reuse_exports", action="store_true",
                    help="keep the exports an earlier run wrote (newer than the weights) "
                         "instead of writing them again")
-    p.add_argument("--table_only", action="store_true",
-                   help="print the table of the JSON, run nothing")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.work_dir = os.path.abspath(args.work_dir)
-    os.makedirs(args.work_dir, exist_ok=True)
-    out_json = args.json or os.path.join(args.work_dir, "quant_accuracy.json")
-    saved = {}
-    if os.path.isfile(out_json):
-        with open(out_json) as f:
-            saved = json.load(f)
-    cases = saved.get("cases", {})
+    out_json, cases = load_cases(args, "quant_accuracy.json")
     for name in [] if args.table_only else args.cases:
         log(f"===== case {name}")
         t0 = time.time()
@@ -374,10 +390,7 @@ def main(argv=None):
                     case_seconds=round(time.time() - t0))
         case["goal_misses"] = goal_met(case, args.max_drop, args.min_agreement)
         cases[key] = case
-        with open(out_json, "w") as f:
-            json.dump({"goal": {"max_drop_points": args.max_drop,
-                                "min_agreement_percent": args.min_agreement},
-                       "cases": cases}, f, indent=2)
+        save_cases(out_json, args, cases)
         log(f"{key}: mIoU " + ", ".join(f"{n} {v['miou']:.4f}" for n, v in
                                        case["results"].items())
             + "".join(f"; {n} FAILED" for n in case["errors"]) + f"; written to {out_json}")
