@@ -273,6 +273,8 @@ def output_paths(files, root, save_dir, overlays=True):
 
 
 def read_image(path):
+    if not os.path.isfile(path):  # before OpenCV, which warns on stderr for a missing file
+        raise UserError(f"cannot read image {path} (no such file)")
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
         raise UserError(f"cannot read image {path} (not an image, or corrupt)")

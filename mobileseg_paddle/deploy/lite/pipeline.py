@@ -23,7 +23,8 @@ from mobileseg_paddle.errors import UserError
 
 def preprocess(image_path, height, width, mean, std):
     """Model input (1, 3, height, width) float32 for ``image_path``, as paddleseg computes it."""
-    if cv2.imread(image_path) is None:
+    # the isfile test first: OpenCV prints a warning of its own for a missing file
+    if not os.path.isfile(image_path) or cv2.imread(image_path) is None:
         raise UserError(f"{image_path}: no such image file or not an image")
     transforms = Compose([Resize(target_size=(width, height)), Normalize(mean=mean, std=std)])
     use_ipp = cv2.ipp.useIPP()

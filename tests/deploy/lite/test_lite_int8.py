@@ -173,11 +173,15 @@ def test_check_command_on_the_int8_model(membrane, arm, capsys):
         assert line.startswith("PASS: ") and "(int8) against dygraph" in line
 
 
-def test_int8_check_without_config_or_image_is_one_error(tmp_path):
-    manifest = {"input": {"shape": [1, 3, 64, 64]}, "source": {"config": str(tmp_path / "gone.yml")}}
+def test_int8_check_without_config_or_image_is_one_error(tmp_path, capfd):
+    manifest = {"input": {"shape": [1, 3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3},
+                "source": {"config": str(tmp_path / "gone.yml")}}
     with pytest.raises(UserError, match=r"gone\.yml.*pass --image"):
         arm_check.check_input(manifest, str(tmp_path), "int8")
     assert arm_check.check_input(manifest, str(tmp_path), "fp32").shape == (1, 3, 64, 64)
+    with pytest.raises(UserError, match=r"missing\.png: no such image"):
+        arm_check.check_input(manifest, str(tmp_path), "int8", str(tmp_path / "missing.png"))
+    assert capfd.readouterr().err == ""  # no warning of OpenCV's besides the error
 
 
 # --- bad input: one line, exit 2, nothing written ---------------------------------------------
