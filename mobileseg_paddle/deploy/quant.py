@@ -145,8 +145,7 @@ def _linear_time_graph_edits():
       there the set is built once and kept up to date (the pass adds persistable nodes through
       ``create_persistable_node`` only, and removes ops through ``safe_remove_nodes``, which
       drops the set).
-    Measured: Lite-HRNet-18 (1634 quantized activations) 144 s with the first fix alone, of
-    which 119 s were in ``all_persistable_nodes``; see README (INT8)."""
+    The time saved on a large graph (Lite-HRNet-18) is in the README's INT8 section."""
     from paddle.base.framework import IrGraph
     from paddle.static.quantization.quantization_pass import AddQuantDequantForInferencePass
 
