@@ -57,6 +57,8 @@ from quant_accuracy import (  # noqa: E402
     add_study_args,
     load_cases,
     log,
+    print_table,
+    row_misses,
     save_cases,
 )
 
@@ -222,11 +224,8 @@ def without_reused(conversion):
 
 def goal_misses(case, max_drop, min_agreement):
     r = case["results"]
-    drop = (r["fp32"]["miou"] - r["int8"]["miou"]) * 100
-    misses = [f"mIoU -{drop:.2f} pt"] if drop > max_drop else []
-    if case["agreement"] * 100 < min_agreement:
-        misses.append(f"agreement {case['agreement'] * 100:.2f}%")
-    return misses
+    return row_misses(r["fp32"]["miou"], r["int8"]["miou"], case["agreement"], max_drop,
+                      min_agreement)
 
 
 def spread(values):
@@ -323,11 +322,10 @@ def main(argv=None):
             f"written to {out_json}")
     if not cases:
         return 0
-    print(f"\nPaddle Lite ARM (qemu-aarch64) INT8 against FP32 (val mIoU; Δ in points; agreement: "
-          f"share of val pixels whose INT8 label equals the FP32 one; goal: drop <= "
-          f"{args.max_drop} pt and agreement >= {args.min_agreement}%)\n")
-    print(table(cases, args.max_drop, args.min_agreement))
-    print(f"\nfigures: {out_json}")
+    print_table(f"Paddle Lite ARM (qemu-aarch64) INT8 against FP32 (val mIoU; Δ in points; "
+                f"agreement: share of val pixels whose INT8 label equals the FP32 one; goal: "
+                f"drop <= {args.max_drop} pt and agreement >= {args.min_agreement}%)",
+                table(cases, args.max_drop, args.min_agreement), out_json)
     return 0
 
 

@@ -241,6 +241,16 @@ def measure(config, weights, out_dir, num_calib, algo, reuse=False):
             "seconds": seconds, "errors": errors, "reused_exports": reused}
 
 
+def row_misses(fp32_miou, int8_miou, agreement, max_drop, min_agreement, label=""):
+    """How one INT8 result misses the goal (empty: met); shared with lite_int8_accuracy.py."""
+    prefix = f"{label} " if label else ""
+    drop = (fp32_miou - int8_miou) * 100
+    misses = [f"{prefix}mIoU -{drop:.2f} pt"] if drop > max_drop else []
+    if agreement * 100 < min_agreement:
+        misses.append(f"{prefix}agreement {agreement * 100:.2f}%")
+    return misses
+
+
 def goal_met(case, max_drop, min_agreement):
     """Each INT8 row's misses of the goal (empty: met)."""
     r = case["results"]
@@ -250,12 +260,15 @@ def goal_met(case, max_drop, min_agreement):
         if name not in r or ref not in r:
             misses.append(f"{label} failed")
             continue
-        drop = (r[ref]["miou"] - r[name]["miou"]) * 100
-        if drop > max_drop:
-            misses.append(f"{label} mIoU -{drop:.2f} pt")
-        if r[name]["agreement"] * 100 < min_agreement:
-            misses.append(f"{label} agreement {r[name]['agreement'] * 100:.2f}%")
+        misses += row_misses(r[ref]["miou"], r[name]["miou"], r[name]["agreement"], max_drop,
+                             min_agreement, label)
     return misses
+
+
+def print_table(title, text, out_json):
+    print(f"\n{title}\n")
+    print(text)
+    print(f"\nfigures: {out_json}")
 
 
 def optimizer_of(key):
@@ -396,11 +409,10 @@ def main(argv=None):
             + "".join(f"; {n} FAILED" for n in case["errors"]) + f"; written to {out_json}")
     if not cases:
         return 0
-    print(f"\nINT8 / BF16 against FP32 (val mIoU; Δ in points against the same format's FP32; "
-          f"agreement: share of pixels with the same label as that FP32; goal: drop <= "
-          f"{args.max_drop} pt and agreement >= {args.min_agreement}%)\n")
-    print(table(cases, args.max_drop, args.min_agreement))
-    print(f"\nfigures: {out_json}")
+    print_table(f"INT8 / BF16 against FP32 (val mIoU; Δ in points against the same format's "
+                f"FP32; agreement: share of pixels with the same label as that FP32; goal: "
+                f"drop <= {args.max_drop} pt and agreement >= {args.min_agreement}%)",
+                table(cases, args.max_drop, args.min_agreement), out_json)
     return 0
 
 
