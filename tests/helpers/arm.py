@@ -5,11 +5,17 @@ compiler, qemu or the vendored source the tests skip, and fail when CI=true."""
 
 import functools
 import os
+import pathlib
 import shutil
 import subprocess
 import tempfile
 
+import cv2
+import numpy as np
+from PIL import Image
+
 from helpers import ROOT, missing
+from helpers.cpp import ANDROID_DIR, cmake_build
 
 POISON_SOURCE = os.path.join(ROOT, "tests", "cpp", "poison_malloc.c")
 CROSS_CC = "aarch64-linux-gnu-gcc"
@@ -51,3 +57,34 @@ def poisoned(monkeypatch, arm):
     """Every later qemu run of the test gets the poisoning allocator (qemu-user passes
     QEMU_SET_ENV to the ARM program, not to itself)."""
     monkeypatch.setenv("QEMU_SET_ENV", f"LD_PRELOAD={arm['poison']}")
+
+
+@functools.lru_cache(maxsize=None)
+def demo():
+    """argv prefix running deploy/lite/android's mobileseg_lite_demo (armv8 Linux, linked to the
+    built runtime) under qemu; built once a session."""
+    from mobileseg_paddle.deploy.lite import check
+    arm = require_arm()
+    build = pathlib.Path(tempfile.mkdtemp(prefix="mobileseg-lite-demo-arm-"))
+    lite_dir = os.path.dirname(arm["runtime"]["include"])  # include/ and lib/
+    cmake_build(ANDROID_DIR, build, [
+        "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
+        f"-DCMAKE_CXX_COMPILER={shutil.which('aarch64-linux-gnu-g++')}",
+        f"-DPADDLE_LITE_DIR={lite_dir}"])
+    return (arm["qemu"], "-cpu", "max", "-L", check.AARCH64_SYSROOT,
+            str(build / "mobileseg_lite_demo"))
+
+
+def run_demo(model_dir, image, out_dir):
+    """Run the demo on ``image``; (its mask PNG as an array, its overlay as OpenCV reads it)."""
+    proc = subprocess.run([*demo(), "--model_dir", model_dir, "--image", image, "--out_dir",
+                           str(out_dir), "--warmup", "1", "--repeats", "2"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(Paddle Lite v2.13-rc)" in proc.stdout and "latency: average" in proc.stdout
+    assert "over 2 runs after 1 warm-up" in proc.stdout
+    stem = os.path.splitext(os.path.basename(image))[0]
+    mask = Image.open(os.path.join(out_dir, f"{stem}_mask.png"))
+    assert mask.mode == "P"
+    overlay = cv2.imread(os.path.join(out_dir, f"{stem}_overlay.png"))
+    return np.array(mask), overlay

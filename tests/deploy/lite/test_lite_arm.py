@@ -14,7 +14,6 @@ The five configs with random weights and BN statistics, FP32 and FP16: test_lite
 
 import os
 import shutil
-import subprocess
 
 import cv2
 import numpy as np
@@ -24,8 +23,7 @@ import paddle.nn.functional as F
 import pytest
 from PIL import Image
 
-from helpers.arm import poisoned, require_arm
-from helpers.cpp import ANDROID_DIR, cmake_build
+from helpers.arm import poisoned, require_arm, run_demo
 from helpers.lite import require_lite_runtime
 from helpers.membrane import images, require_membrane
 from helpers.numerics import randomize_
@@ -101,20 +99,6 @@ def test_trained_model_fp32_and_fp16_on_held_out_images(membrane, arm, monkeypat
 
 # --- the C++ demo on the real library ----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def demo(arm, tmp_path_factory):
-    """argv prefix running deploy/lite/android's mobileseg_lite_demo (armv8 Linux, linked to the
-    built runtime) under qemu."""
-    build = tmp_path_factory.mktemp("lite_demo_arm")
-    lite_dir = os.path.dirname(arm["runtime"]["include"])  # include/ and lib/
-    cmake_build(ANDROID_DIR, build, [
-        "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
-        f"-DCMAKE_CXX_COMPILER={shutil.which('aarch64-linux-gnu-g++')}",
-        f"-DPADDLE_LITE_DIR={lite_dir}"])
-    return [arm["qemu"], "-cpu", "max", "-L", arm_check.AARCH64_SYSROOT,
-            str(build / "mobileseg_lite_demo")]
-
-
 def _generated_image(path, h=300, w=200):
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -123,34 +107,20 @@ def _generated_image(path, h=300, w=200):
     return str(path)
 
 
-def _run_demo(demo, model_dir, image, out_dir):
-    proc = subprocess.run([*demo, "--model_dir", model_dir, "--image", image, "--out_dir",
-                           str(out_dir), "--warmup", "1", "--repeats", "2"],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(Paddle Lite v2.13-rc)" in proc.stdout and "latency: average" in proc.stdout
-    assert "over 2 runs after 1 warm-up" in proc.stdout
-    stem = os.path.splitext(os.path.basename(image))[0]
-    mask = Image.open(os.path.join(out_dir, f"{stem}_mask.png"))
-    assert mask.mode == "P"
-    overlay = cv2.imread(os.path.join(out_dir, f"{stem}_overlay.png"))
-    return np.array(mask), overlay
-
-
-def test_demo_label_maps_are_the_python_pipelines(membrane, arm, demo, tmp_path, monkeypatch):
+def test_demo_label_maps_are_the_python_pipelines(membrane, arm, tmp_path, monkeypatch):
     poisoned(monkeypatch, arm)
     dirs = membrane["dirs"]
     manifest = mf.read_manifest(dirs["fp16"])
     for image in (images("val")[-1], _generated_image(tmp_path / "generated.png")):
         name = os.path.basename(image)
         # FP32: the demo (ARM kernels) against the Python pipeline on Lite's x86 kernels
-        mask32, overlay32 = _run_demo(demo, dirs["fp32"], image, tmp_path / "fp32")
+        mask32, overlay32 = run_demo(dirs["fp32"], image, tmp_path / "fp32")
         py_mask, py_overlay = segment(dirs["fp32"], image, str(tmp_path / "py"),
                                       runtime=membrane["lite"])
         np.testing.assert_array_equal(mask32, np.array(Image.open(py_mask)), err_msg=name)
         np.testing.assert_array_equal(overlay32, cv2.imread(py_overlay), err_msg=name)
         # FP16: the demo against the Python pipeline around the same FP16 model on ARM kernels
-        mask16, overlay16 = _run_demo(demo, dirs["fp16"], image, tmp_path / "fp16")
+        mask16, overlay16 = run_demo(dirs["fp16"], image, tmp_path / "fp16")
         x = preprocess(image, SIZE, SIZE, manifest["input"]["mean"], manifest["input"]["std"])
         out = arm_check.run_on_arm(arm["runner"], os.path.join(dirs["fp16"], "model_arm.nb"), x)
         full, overlay = visualize(image, mf.labels_of(manifest, out))
@@ -161,7 +131,7 @@ def test_demo_label_maps_are_the_python_pipelines(membrane, arm, demo, tmp_path,
         if "generated" not in name:  # the bound is for the images the model was trained on
             assert agreement >= 0.995
         # the argmax in the graph: the same picture
-        mask_arg, _ = _run_demo(demo, dirs["argmax"], image, tmp_path / "argmax")
+        mask_arg, _ = run_demo(dirs["argmax"], image, tmp_path / "argmax")
         np.testing.assert_array_equal(mask_arg, mask32, err_msg=name)
     assert len(np.unique(mask32)) == 2
 

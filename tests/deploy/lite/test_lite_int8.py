@@ -7,6 +7,8 @@ the vendored source with the int8 kernels of arm_kernels.txt) under qemu-aarch64
   and INT8 (calibrated on 8 of its training images): on the 6 held-out images the INT8 ARM label
   map agrees with the FP32 ARM one on >= AGREEMENT of the pixels and its mIoU against the ground
   truth is within MIOU_DROP of FP32's; the .nb holds int8 kernels, the manifest says int8;
+- the C++ demo of deploy/lite/android (armv8, under qemu) on the INT8 model: the Python pipeline's
+  label map and overlay around the same .nb, and FP32's labels on >= AGREEMENT of the pixels;
 - ``mobileseg lite check`` on the INT8 model (its bounds: check.BOUNDS["int8"]), on its first
   calibration image and on ``--image``;
 - bad input, through the real command line: one error line, exit status 2, nothing written.
@@ -22,7 +24,7 @@ import numpy as np
 import paddle
 import pytest
 
-from helpers.arm import poisoned, require_arm
+from helpers.arm import poisoned, require_arm, run_demo
 from helpers.lite import require_lite_runtime
 from helpers.membrane import images, require_membrane
 from helpers.train_helpers import config_dict, write_config
@@ -33,7 +35,7 @@ from mobileseg_paddle.deploy.lite import check as arm_check
 from mobileseg_paddle.deploy.lite import manifest as mf
 from mobileseg_paddle.deploy.lite.__main__ import main as lite_main
 from mobileseg_paddle.deploy.lite.convert import convert
-from mobileseg_paddle.deploy.lite.pipeline import preprocess
+from mobileseg_paddle.deploy.lite.pipeline import preprocess, visualize
 from mobileseg_paddle.errors import UserError
 
 pytestmark = pytest.mark.lite
@@ -158,6 +160,22 @@ def test_int8_agrees_with_dygraph(membrane, arm, monkeypatch):
           f"agreement {100 * result['agreement']:.3f}%")
     assert result["agreement"] >= AGREEMENT
     assert 1e-3 < result["rel_l2"] <= 0.2  # int8 arithmetic did run, and stayed close
+
+
+def test_demo_on_the_int8_model(membrane, arm, tmp_path, monkeypatch):
+    poisoned(monkeypatch, arm)
+    manifest, image = membrane["manifest"], images("val")[-1]
+    mask8, overlay8 = run_demo(membrane["dirs"]["int8"], image, tmp_path / "int8")
+    x = preprocess(image, SIZE, SIZE, manifest["input"]["mean"], manifest["input"]["std"])
+    out = arm_check.run_on_arm(arm["runner"], os.path.join(membrane["dirs"]["int8"],
+                                                           "model_arm.nb"), x, arm["qemu"])
+    full, overlay = visualize(image, mf.labels_of(manifest, out))
+    np.testing.assert_array_equal(mask8, full)
+    np.testing.assert_array_equal(overlay8, overlay)
+    mask32, _ = run_demo(membrane["dirs"]["fp32"], image, tmp_path / "fp32")
+    agreement = float(np.mean(mask8 == mask32))
+    print(f"INT8 demo mask agrees with FP32's on {100 * agreement:.3f}% of pixels")
+    assert agreement >= AGREEMENT and len(np.unique(mask8)) == 2
 
 
 def test_check_command_on_the_int8_model(membrane, arm, capsys):
