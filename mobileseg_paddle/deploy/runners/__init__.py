@@ -91,6 +91,8 @@ class PredictorOptions:
     profile_file_prefix: str = None   # onnxruntime: write its profile (JSON) under this prefix
     openvino_cache_dir: str = None    # OpenVINO's compiled models (None: in
     #                                   ``resources.cache_dir("openvino")``)
+    openvino_fixed_shapes: int = 4   # OpenVINO, dynamic export: input shapes that get a
+    #                                   program compiled for their size (0: none)
 
     def resolve(self, recorded=None, model_precision="fp32"):
         """These options with ``engine`` one of ``ENGINES``: GPU or TensorRT on a GPU, else

@@ -10,8 +10,17 @@ hint: Paddle passes nothing else) and caches the compiled model in ``set_optim_c
 default ``./__cache__``, the working directory: here a folder of ``resources.cache_dir``). It reads the
 program from a file, not from a buffer, and its Paddle frontend takes the parameters from the
 file of the program's own name with ``.pdiparams``: the program is staged as ``model.pdmodel``
-beside a ``model.pdiparams`` link in that cache folder (``_openvino_files``)."""
+beside a ``model.pdiparams`` link in that cache folder (``_openvino_files``).
 
+On a dynamic-size export OpenVINO recomputes the shapes of every op at each run (Lite-HRNet-18:
+hundreds of shape, slice and resize-size ops). An input shape seen a second time therefore gets
+a predictor of its own, compiled from the program with that input shape written in
+(``fix_input_shape``), for up to ``PredictorOptions.openvino_fixed_shapes`` shapes (the least
+recently used goes first) and at most twice that many compilations per runner (sizes that keep
+changing do not recompile forever); the first run of a shape, and every shape beyond those,
+runs on the dynamic predictor. A compilation costs about as much as loading the model."""
+
+import collections
 import contextlib
 import hashlib
 import os
@@ -53,9 +62,10 @@ def _compiled_with_tensorrt():
         return False
 
 
-def make_config(model, opts, config_cls=None):
+def make_config(model, opts, config_cls=None, input_shape=None):
     """A ``paddle.inference.Config`` for ``model`` (a ``DeployConfig`` or ``ModelFiles``) set
-    up as ``opts`` asks.
+    up as ``opts`` asks; on OpenVINO with ``input_shape``, the program compiled for that input
+    shape only.
 
     ``config_cls`` replaces ``paddle.inference.Config`` (the tests pass a recorder to check the
     GPU/TensorRT calls, which a CPU build of Paddle refuses)."""
@@ -68,7 +78,7 @@ def make_config(model, opts, config_cls=None):
         params = _read(files.params)
         config.set_model_buffer(prog, len(prog), params, len(params))
     elif opts.engine == "openvino":
-        config = config_cls(*_openvino_files(files, opts))
+        config = config_cls(*_openvino_files(files, opts, input_shape))
     else:
         config = config_cls(files.program, files.params)
     config.switch_ir_optim(opts.ir_optim)
@@ -123,28 +133,37 @@ def _openvino(config, files, opts):
     config.enable_openvino_engine(pi.PrecisionType.Float32)
 
 
-def _openvino_dir(files, opts):
+def _openvino_dir(files, opts, input_shape=None):
     """The cache folder of one program: under ``opts.openvino_cache_dir`` (or this user's
-    ``resources.cache_dir("openvino")``), named after the program's path."""
+    ``resources.cache_dir("openvino")``), named after the program's path (and the input
+    shape it is compiled for)."""
     root = opts.openvino_cache_dir or resources.cache_dir("openvino")
     key = hashlib.sha1(os.path.realpath(files.program).encode("utf-8", "surrogateescape"))
-    return os.path.join(root, key.hexdigest()[:16])
+    name = key.hexdigest()[:16]
+    if input_shape is not None:
+        name += "-" + "x".join(str(int(v)) for v in input_shape)
+    return os.path.join(root, name)
 
 
-def _openvino_files(files, opts):
+def _openvino_files(files, opts, input_shape=None):
     """(program, params) paths for OpenVINO: the export's files under the names its Paddle
-    frontend pairs (``model.pdmodel``, ``model.pdiparams``), as links in the cache folder."""
-    folder = _openvino_dir(files, opts)
+    frontend pairs (``model.pdmodel``, ``model.pdiparams``), as links in the cache folder; with
+    ``input_shape``, the program is a copy with that input shape written in."""
+    folder = _openvino_dir(files, opts, input_shape)
     try:
         os.makedirs(folder, exist_ok=True)
         staged = []
         for source, name in ((files.program, "model.pdmodel"), (files.params, "model.pdiparams")):
             path = os.path.join(folder, name)
             tmp = f"{path}.tmp{os.getpid()}"
-            try:
-                os.symlink(os.path.realpath(source), tmp)
-            except OSError:  # no symbolic links here (Windows without the privilege)
-                shutil.copyfile(source, tmp)
+            if input_shape is not None and name == "model.pdmodel":
+                with open(tmp, "wb") as f:
+                    f.write(fix_input_shape(_read(source), input_shape))
+            else:
+                try:
+                    os.symlink(os.path.realpath(source), tmp)
+                except OSError:  # no symbolic links here (Windows without the privilege)
+                    shutil.copyfile(source, tmp)
             os.replace(tmp, path)  # atomic: another process may be staging the same program
             staged.append(path)
     except OSError as e:
@@ -194,6 +213,18 @@ def _read(path):
         return f.read()
 
 
+def fix_input_shape(program_bytes, shape):
+    """Legacy program bytes whose fed input has the dimensions ``shape`` instead of the
+    export's (-1 for a dynamic one)."""
+    desc = core.ProgramDesc(program_bytes)
+    block = desc.block(0)
+    for i in range(block.op_size()):
+        op = block.op(i)
+        if op.type() == "feed":
+            block.var(op.output("Out")[0].encode()).set_shape([int(v) for v in shape])
+    return desc.serialize_to_string()
+
+
 def mark_onednn_interpolations(program_bytes):
     """Legacy program bytes with ``use_mkldnn`` set on the interpolations oneDNN computes
     exactly as Paddle does: bilinear with align_corners=False and align_mode=0 (half-pixel
@@ -241,17 +272,14 @@ def _quiet_output(quiet=True):
             os.close(old)
 
 
-class PaddleInferenceRunner(Runner):
-    """A Paddle Inference predictor. Besides ``runner(batch)``: ``feed``, ``run`` and
-    ``fetch`` (timing ``run`` alone leaves out the copies)."""
+class _Predictor:
+    """A predictor with its input and output handles."""
 
-    backend = "paddle"
-
-    def __init__(self, files, opts):
-        self.files, self.opts = files, opts
+    def __init__(self, files, opts, input_shape=None):
         try:
             try:
-                self.predictor = _create_predictor(make_config(files, opts), opts)
+                self.predictor = _create_predictor(make_config(files, opts, None, input_shape),
+                                                   opts)
             except Exception as e:
                 if opts.precision != "int8" or "requant" not in str(e):
                     raise
@@ -269,15 +297,47 @@ class PaddleInferenceRunner(Runner):
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
 
+
+class PaddleInferenceRunner(Runner):
+    """A Paddle Inference predictor (on OpenVINO with a dynamic-size export, one per input
+    shape: see the module's docstring). Besides ``runner(batch)``: ``feed``, ``run`` and
+    ``fetch`` (timing ``run`` alone leaves out the copies)."""
+
+    backend = "paddle"
+
+    def __init__(self, files, opts):
+        self.files, self.opts = files, opts
+        self.dynamic = self.current = _Predictor(files, opts)
+        self.fixed = collections.OrderedDict()  # input shape -> its _Predictor, oldest first
+        self._seen = set()  # input shapes run once on the dynamic predictor
+        self._compilations_left = (2 * opts.openvino_fixed_shapes if opts.engine == "openvino"
+                                   and files.dynamic_shape else 0)
+
+    def _predictor_for(self, shape):
+        if shape in self.fixed:
+            self.fixed.move_to_end(shape)
+            return self.fixed[shape]
+        if self._compilations_left <= 0:
+            return self.dynamic
+        if shape not in self._seen:
+            self._seen.add(shape)
+            return self.dynamic
+        self._compilations_left -= 1
+        self.fixed[shape] = _Predictor(self.files, self.opts, shape)
+        while len(self.fixed) > self.opts.openvino_fixed_shapes:
+            self.fixed.popitem(last=False)
+        return self.fixed[shape]
+
     def feed(self, batch):
-        self.input.reshape(list(batch.shape))
-        self.input.copy_from_cpu(np.ascontiguousarray(batch))
+        self.current = self._predictor_for(tuple(batch.shape))
+        self.current.input.reshape(list(batch.shape))
+        self.current.input.copy_from_cpu(np.ascontiguousarray(batch))
 
     def run(self):
-        self.predictor.run()
+        self.current.predictor.run()
 
     def fetch(self):
-        return self.output.copy_to_cpu()
+        return self.current.output.copy_to_cpu()
 
     def __call__(self, batch):
         self.feed(batch)
@@ -286,7 +346,8 @@ class PaddleInferenceRunner(Runner):
 
     def close(self):
         # the predictor writes a collected shape-range file when it is destroyed
-        self.input = self.output = self.predictor = None
+        self.dynamic = self.current = None
+        self.fixed.clear()
 
 
 def create(files, opts):
