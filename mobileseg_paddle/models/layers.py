@@ -112,14 +112,24 @@ def spatial_size(x):
     return size if size is not None else paddle.shape(x)[2:]
 
 
-def concat_shuffle(parts):
+def concat_shuffle(parts, channels_last=False):
     """ShuffleNet's channel shuffle of ``paddle.concat(parts, axis=1)`` with ``len(parts)``
     groups, for parts of equal shape: output channel ``g * len(parts) + i`` is channel ``g`` of
     ``parts[i]``. At a fixed size (dygraph, fixed-size exports such as Lite's) the usual reshape
     to (N, groups, C / groups, H, W), transpose, reshape, with constant sizes; in a dynamic-size
     program stack + flatten, which need no runtime H and W (that reshape would compute them
     from shape ops at every run). Lite's ARM kernels run the fixed form without precision
-    conversions (its ``stack`` is an FP32 host kernel)."""
+    conversions (its ``stack`` is an FP32 host kernel).
+
+    ``channels_last``: the shuffle done on the channels-last view, between transposes to NHWC
+    and back (reshapes that copy N, H and W from their input and infer the channels: no runtime
+    sizes). OpenVINO keeps convolution outputs channels-last; the other forms make it convert
+    each shuffled tensor to channels-first and back with a slow reorder, these transposes it
+    removes."""
+    if channels_last:
+        x = paddle.transpose(paddle.concat(parts, axis=1), [0, 2, 3, 1])
+        x = paddle.transpose(paddle.reshape(x, [0, 0, 0, len(parts), -1]), [0, 1, 2, 4, 3])
+        return paddle.transpose(paddle.reshape(x, [0, 0, 0, -1]), [0, 3, 1, 2])
     size = static_spatial_size(parts[0])
     if size is None:
         return paddle.flatten(paddle.stack(parts, axis=2), 1, 2)

@@ -9,7 +9,7 @@ import paddle.nn.functional as F
 import pytest
 
 from mobileseg_paddle.models.backbones import lite_hrnet
-from mobileseg_paddle.models.export_rewrites import legacy_tracing
+from mobileseg_paddle.models.export_rewrites import legacy_tracing, prepare_for_deploy
 from mobileseg_paddle.models.layers import (
     concat_shuffle,
     nearest_source_index,
@@ -84,23 +84,30 @@ def test_resize_nearest_traced_equals_interpolate(program, dynamic, sizes):
 
 
 class Shuffle(nn.Layer):
+    def __init__(self, channels_last=False):
+        super().__init__()
+        self.channels_last = channels_last
+
     def forward(self, a, b):
-        return concat_shuffle([a, b])
+        return concat_shuffle([a, b], self.channels_last)
 
 
 @pytest.mark.parametrize("program", ["legacy", "pir"])
-def test_concat_shuffle_equals_channel_shuffle(program):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["default", "channels_last"])
+def test_concat_shuffle_equals_channel_shuffle(program, channels_last):
     spec = [paddle.static.InputSpec([None, 5, None, None])] * 2
     with guard(program), legacy_tracing():
-        static = paddle.jit.to_static(Shuffle(), input_spec=spec, full_graph=True)
+        static = paddle.jit.to_static(Shuffle(channels_last), input_spec=spec, full_graph=True)
         for shape in ([1, 5, 7, 9], [2, 5, 16, 33]):
             a, b = rand(shape, 1), rand(shape, 2)
             want = channel_shuffle(paddle.concat([a, b], axis=1), 2).numpy()
-            np.testing.assert_array_equal(concat_shuffle([a, b]).numpy(), want)
+            np.testing.assert_array_equal(concat_shuffle([a, b], channels_last).numpy(), want)
             np.testing.assert_array_equal(static(a, b).numpy(), want)
-        if program == "legacy":
+        if program == "legacy":  # no shape arithmetic
             ops = legacy_ops(static)
-            assert ops == ["stack", "flatten_contiguous_range"], ops  # no shape arithmetic
+            assert ops == (["concat", "transpose2", "reshape2", "transpose2", "reshape2",
+                            "transpose2"] if channels_last
+                           else ["stack", "flatten_contiguous_range"]), ops
 
 
 def test_lite_hrnet_dynamic_legacy_program():
@@ -128,3 +135,12 @@ def test_lite_hrnet_dynamic_legacy_program():
         static(rand([1, 3, 64, 96]))
         ops = legacy_ops(static)
     assert ops.count("nearest_interp_v2") == 74 and "gather" not in ops
+
+    openvino = prepare_for_deploy(net, target="openvino")  # + the channels-last shuffles
+    with guard("legacy"), legacy_tracing():
+        static = paddle.jit.to_static(openvino, input_spec=spec, full_graph=True)
+        x = rand([1, 3, 97, 130])
+        for o, r in zip(static(x), net(x)):
+            np.testing.assert_allclose(o.numpy(), r.numpy(), rtol=1e-5, atol=1e-6)
+        ops = legacy_ops(static)
+    assert "stack" not in ops and ops.count("transpose2") == 3 * 49  # stem + 48 block shuffles
