@@ -247,8 +247,10 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
         cfg = load_config(config, sections=("model",))
     net = DeployModel(prepare_for_deploy(model, target=fmt), output_op,
                       channels_last_argmax=(fmt == "paddle"))
+    # OpenVINO's TopK reduces over the channels where they are (its layout is channels-last
+    # already); the NHWC transpose before it cost more than the argmax itself
     openvino_net = DeployModel(prepare_for_deploy(model, target="openvino"), output_op,
-                               channels_last_argmax=True) if fmt == "paddle" and quant is None \
+                               channels_last_argmax=False) if fmt == "paddle" and quant is None \
         else None
 
     with _export_lock(save_dir):

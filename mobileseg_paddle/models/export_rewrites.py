@@ -199,7 +199,8 @@ class DeployModel(nn.Layer):
     paddleseg's export; int64 is what Paddle-Lite-Demo's segmentation demo reads); softmax:
     (N, C, H, W) probabilities; none: (N, C, H, W) logits. ``channels_last_argmax``: reduce over
     the last axis of an NHWC transpose (Paddle's CPU arg_max over axis 1 is several times slower,
-    and under oneDNN the tensor is already stored channels-last)."""
+    and under oneDNN the tensor is already stored channels-last; OpenVINO's program does without:
+    the transpose costs it more than its argmax)."""
 
     def __init__(self, model, output_op="argmax", channels_last_argmax=True,
                  label_dtype="int32"):

@@ -169,6 +169,37 @@ def test_legacy_only_export_and_argmax_output():
                               "shape": ["N", "H", "W"]}
 
 
+def test_argmax_form_of_each_program(tmp_path):
+    """oneDNN's program reduces over the last axis of an NHWC transpose, OpenVINO's over the
+    channels as they are; both give dygraph's labels."""
+    from paddle.base import core
+
+    from mobileseg_paddle.deploy.runners import PredictorOptions, create_runner
+
+    folder = exports()["mobilenetv2"]["paddle_argmax"]
+
+    def tail(name):
+        with open(os.path.join(folder, name), "rb") as f:
+            desc = core.ProgramDesc(f.read())
+        block = desc.block(0)  # (a view into desc)
+        ops = [block.op(i) for i in range(block.op_size())]
+        return [op.type() for op in ops][-3:], [op.attr("axis") for op in ops
+                                                if op.type() == "arg_max"]
+    assert tail("model.pdmodel") == (["transpose2", "arg_max", "fetch"], [3])
+    assert tail("model.openvino.pdmodel")[1] == [1]
+    assert "transpose2" not in tail("model.openvino.pdmodel")[0]
+    model, _ = reference_model("mobilenetv2")
+    x = np.random.default_rng(3).standard_normal((1, 3, 96, 160)).astype("float32")
+    with paddle.no_grad():
+        want = paddle.argmax(model(paddle.to_tensor(x))[0], axis=1).numpy()
+    for engine in ("onednn", "openvino"):
+        opts = PredictorOptions(engine=engine, openvino_cache_dir=str(tmp_path))
+        with create_runner(DeployConfig(folder), "paddle", opts) as runner:
+            for _ in range(2):  # OpenVINO: the dynamic program, then the one for this size
+                got = runner(x)
+                assert got.dtype == np.int32 and np.mean(got == want) >= 0.9999, engine
+
+
 def test_engine_auto_is_measured_recorded_and_run(tmp_path):
     """``--engine auto`` (timed at --tune_shape 64 128, 1 thread): every CPU engine timed, the
     fastest recorded, and run by ``--engine auto``."""
