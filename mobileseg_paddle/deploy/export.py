@@ -56,9 +56,10 @@ MIN_ONNX_OPSET = 7  # paddle2onnx's lowest
 # training crop, the size the benchmarks publish)
 DEFAULT_TUNE_SHAPE = (512, 1024)
 # --engine auto: each engine times TUNE_TURNS x TUNE_RUNS_PER_TURN runs, the engines taking
-# turns, after TUNE_WARMUP untimed runs (OpenVINO's first runs at a new input size of a
-# dynamic-size program are slower than the later ones)
-TUNE_TURNS, TUNE_RUNS_PER_TURN, TUNE_WARMUP = 3, 2, 3
+# turns, after TUNE_WARMUP untimed runs (OpenVINO compiles a program for the input size at its
+# second run, and its first runs of it are slower than the later ones). With 3 x 2 runs a
+# 2-core machine's noise once picked oneDNN for a model OpenVINO ran 20 % faster.
+TUNE_TURNS, TUNE_RUNS_PER_TURN, TUNE_WARMUP = 5, 2, 4
 
 
 # ----------------------------------------------------------------------------------------------
