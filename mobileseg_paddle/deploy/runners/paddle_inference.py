@@ -17,8 +17,9 @@ hundreds of shape, slice and resize-size ops). An input shape seen a second time
 a predictor of its own, compiled from the program with that input shape written in
 (``fix_input_shape``), for up to ``PredictorOptions.openvino_fixed_shapes`` shapes (the least
 recently used goes first) and at most twice that many compilations per runner (sizes that keep
-changing do not recompile forever); the first run of a shape, and every shape beyond those,
-runs on the dynamic predictor. A compilation costs about as much as loading the model."""
+changing do not recompile forever); the first run of a shape, every shape beyond those, and all
+shapes after a compilation failed run on the dynamic predictor. A compilation costs about as
+much as loading the model."""
 
 import collections
 import contextlib
@@ -323,7 +324,13 @@ class PaddleInferenceRunner(Runner):
             self._seen.add(shape)
             return self.dynamic
         self._compilations_left -= 1
-        self.fixed[shape] = _Predictor(self.files, self.opts, shape)
+        try:
+            self.fixed[shape] = _Predictor(self.files, self.opts, shape)
+        except UserError as e:  # the dynamic program still serves every size
+            print(f"note: --engine openvino: no program compiled for input "
+                  f"{'x'.join(map(str, shape))}, the dynamic one runs it: {e}", file=sys.stderr)
+            self._compilations_left = 0
+            return self.dynamic
         while len(self.fixed) > self.opts.openvino_fixed_shapes:
             self.fixed.popitem(last=False)
         return self.fixed[shape]

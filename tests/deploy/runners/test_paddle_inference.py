@@ -69,6 +69,23 @@ def test_openvino_compiles_for_at_most_the_shapes_asked(dygraph_case, tmp_path):
         assert not runner.fixed
 
 
+def test_openvino_runs_on_when_a_size_cannot_be_compiled(dygraph_case, tmp_path, capfd):
+    """The folder a size's program is staged in is taken by a file: one note, and that size and
+    every later one run on the dynamic program."""
+    deploy = DeployConfig(exports()["mobilenetv2"]["paddle"])
+    (a, ref_a), _ = dygraph_case("mobilenetv2").values()
+    opts = R.PredictorOptions(engine="openvino", openvino_cache_dir=str(tmp_path))
+    files = R.ModelFiles.of(deploy, "paddle", engine="openvino")
+    open(P._openvino_dir(files, opts, a.shape), "w").close()
+    with R.create_runner(deploy, "paddle", opts) as runner:
+        for _ in range(3):
+            assert max_rel_err(runner(a), ref_a) <= TOL
+        assert not runner.fixed and runner.current is runner.dynamic
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "note: --engine openvino: no program compiled for input " + "x".join(map(str, a.shape)))
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_bf16_on_onednn_stays_near_dygraph(name, dygraph_case):
     """``--precision bf16``: the ops of ``BF16_OPS`` in bfloat16 (Paddle's default set fails on
