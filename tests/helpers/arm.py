@@ -3,6 +3,7 @@
 runner linked against it, qemu-user, and a poisoning allocator for the runs. Without the cross
 compiler, qemu or the vendored source the tests skip, and fail when CI=true."""
 
+import atexit
 import functools
 import os
 import pathlib
@@ -47,8 +48,15 @@ def require_arm():
     return arm
 
 
+def _scratch(prefix):
+    """A temporary folder removed when the test session ends."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def _poison_lib():
-    out = os.path.join(tempfile.mkdtemp(prefix="mobileseg-poison-"), "poison_malloc.so")
+    out = os.path.join(_scratch("mobileseg-poison-"), "poison_malloc.so")
     subprocess.run([CROSS_CC, "-O2", "-shared", "-fPIC", POISON_SOURCE, "-o", out], check=True)
     return out
 
@@ -65,7 +73,7 @@ def demo():
     built runtime) under qemu; built once a session."""
     from mobileseg_paddle.deploy.lite import check
     arm = require_arm()
-    build = pathlib.Path(tempfile.mkdtemp(prefix="mobileseg-lite-demo-arm-"))
+    build = pathlib.Path(_scratch("mobileseg-lite-demo-arm-"))
     lite_dir = os.path.dirname(arm["runtime"]["include"])  # include/ and lib/
     cmake_build(ANDROID_DIR, build, [
         "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",

@@ -129,18 +129,13 @@ def test_lite_hrnet_dynamic_legacy_program():
     assert ops.count("gather") == 2 * 58
     assert ops.count("range") == 2 * 6  # branch pairs (3, 0) ... (1, 0)
 
-    net.gather_nearest = False  # the interpolations as they are (OpenVINO's program)
-    with guard("legacy"), legacy_tracing():
-        static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
-        static(rand([1, 3, 64, 96]))
-        ops = legacy_ops(static)
-    assert ops.count("nearest_interp_v2") == 74 and "gather" not in ops
-
-    openvino = prepare_for_deploy(net, target="openvino")  # + the channels-last shuffles
+    # OpenVINO's program: the interpolations as they are, the channels-last shuffles
+    openvino = prepare_for_deploy(net, target="openvino")
     with guard("legacy"), legacy_tracing():
         static = paddle.jit.to_static(openvino, input_spec=spec, full_graph=True)
         x = rand([1, 3, 97, 130])
         for o, r in zip(static(x), net(x)):
             np.testing.assert_allclose(o.numpy(), r.numpy(), rtol=1e-5, atol=1e-6)
         ops = legacy_ops(static)
+    assert ops.count("nearest_interp_v2") == 74 and "gather" not in ops
     assert "stack" not in ops and ops.count("transpose2") == 3 * 49  # stem + 48 block shuffles
