@@ -21,7 +21,8 @@ exports and evaluation ~1 min, Lite-HRNet-18's a few minutes (``--reuse_exports`
 exports of an earlier run).
 
 For each: the FP32 Paddle export (oneDNN) and the FP32 ONNX export; INT8 through
-``mobileseg_paddle.deploy.quant.quantize`` for Paddle (oneDNN) and ONNX (onnxruntime),
+``mobileseg_paddle.deploy.quant.quantize`` for Paddle (run on oneDNN and on OpenVINO, each
+engine its own quantized program) and ONNX (onnxruntime),
 calibrated on ``--num_calib`` train images (at most the train split: 24 on membrane); BF16 is
 the FP32 Paddle export run on oneDNN in bfloat16. All are evaluated on the config's
 val_dataset with paddleseg's metric. The goal: INT8 mIoU within ``--max_drop`` points of
@@ -193,30 +194,33 @@ def measure(config, weights, out_dir, num_calib, algo, reuse=False):
                                        num_calib=num_calib, algo=algo, fmt="onnx",
                                        output_op="argmax"))
 
-    def runner(key, precision="auto"):
-        return create_runner(DeployConfig(dirs[key]), "auto",
-                             PredictorOptions(cpu_threads=2, precision=precision))
+    def runner(key, precision="auto", engine="auto"):
+        return create_runner(DeployConfig(dirs[key]), "auto", PredictorOptions(
+            cpu_threads=2, precision=precision, engine=engine,
+            openvino_cache_dir=os.path.join(out_dir, "openvino_cache")))
 
     quiet = lambda m: None  # noqa: E731
     t0 = time.time()
     # agreement is with the first runner's labels: each format against its own FP32
-    groups = {"paddle": (("fp32_paddle", "fp32_paddle", "auto"),
-                         ("int8_paddle", "int8_paddle", "auto"),
-                         ("bf16_paddle", "fp32_paddle", "bf16"),
-                         ("fp32_ort", "fp32_onnx", "auto")),
-              "onnx": (("fp32_ort", "fp32_onnx", "auto"),
-                       ("int8_ort", "int8_onnx", "auto"))}
+    # (result, export, precision, engine)
+    groups = {"paddle": (("fp32_paddle", "fp32_paddle", "auto", "onednn"),
+                         ("int8_paddle", "int8_paddle", "auto", "onednn"),
+                         ("int8_openvino", "int8_paddle", "auto", "openvino"),
+                         ("bf16_paddle", "fp32_paddle", "bf16", "onednn"),
+                         ("fp32_ort", "fp32_onnx", "auto", "auto")),
+              "onnx": (("fp32_ort", "fp32_onnx", "auto", "auto"),
+                       ("int8_ort", "int8_onnx", "auto", "auto"))}
     results = {}
     n_images = None
     for group, members in groups.items():
         runners = {}
         try:
-            for name, key, precision in members:
+            for name, key, precision, engine in members:
                 if key in errors:
                     errors.setdefault(name, f"no {key} export")
                     continue
                 try:
-                    runners[name] = runner(key, precision)
+                    runners[name] = runner(key, precision, engine)
                 except Exception as e:
                     errors[name] = one_line(e)
                     log(f"{name}: FAILED to load: {errors[name]}")
@@ -256,7 +260,10 @@ def goal_met(case, max_drop, min_agreement):
     r = case["results"]
     misses = []
     for name, ref, label in (("int8_paddle", "fp32_paddle", "INT8 Paddle"),
+                             ("int8_openvino", "fp32_paddle", "INT8 OpenVINO"),
                              ("int8_ort", "fp32_ort", "INT8 ORT")):
+        if name == "int8_openvino" and name not in r and name not in case.get("errors", {}):
+            continue  # a case measured before OpenVINO ran INT8 exports
         if name not in r or ref not in r:
             misses.append(f"{label} failed")
             continue
@@ -279,12 +286,14 @@ def optimizer_of(key):
 
 
 def table(cases, max_drop, min_agreement):
-    lines = ["| model | data | training | val images | FP32 mIoU | FP32 ORT mIoU | INT8 Paddle mIoU "
-             "(Δ pt, agree %) | INT8 ORT mIoU (Δ pt, agree %) | BF16 Paddle mIoU (Δ pt, "
-             "agree %) | goal |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | data | training | val images | FP32 mIoU | FP32 ORT mIoU | INT8 Paddle "
+             "oneDNN mIoU (Δ pt, agree %) | INT8 Paddle OpenVINO mIoU (Δ pt, agree %) | INT8 ORT "
+             "mIoU (Δ pt, agree %) | BF16 Paddle mIoU (Δ pt, agree %) | goal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r, name, ref):
+        if name == "int8_openvino" and name not in r and name not in case.get("errors", {}):
+            return "not measured"
         if name not in r or ref not in r:
             return "failed (errors in the JSON)"
         m = r[name]["miou"]
@@ -308,6 +317,7 @@ def table(cases, max_drop, min_agreement):
             f"{case.get('optimizer') or optimizer_of(name)} | "
             f"{case['val_images']} | {miou(r, 'fp32_paddle')} | {miou(r, 'fp32_ort')} | "
             f"{cell(r, 'int8_paddle', 'fp32_paddle')} | "
+            f"{cell(r, 'int8_openvino', 'fp32_paddle')} | "
             f"{cell(r, 'int8_ort', 'fp32_ort')} | {cell(r, 'bf16_paddle', 'fp32_paddle')} | "
             f"{'ok' if not misses else '**MISSED**: ' + '; '.join(misses)} |")
     return "\n".join(lines)

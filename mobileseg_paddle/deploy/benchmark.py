@@ -33,9 +33,9 @@ Backends:
 Precisions (``--precisions fp32,int8,bf16``): each one besides fp32 adds, for the backends
 that run it, a column ``<backend>@<precision>`` timed in the same turns as the others, and a
 speed-up column (fp32 time / that precision's, median of the per-turn ratios). int8: an export
-of ``mobileseg quant`` (Paddle: oneDNN int8; onnxruntime: its QDQ model), calibrated on inputs
-drawn like the timed one (speed does not depend on the values); bf16: the FP32 export on
-oneDNN in bfloat16. ``PRECISION_BACKENDS`` says which backend runs which.
+of ``mobileseg quant`` (Paddle: oneDNN's or OpenVINO's int8; onnxruntime: its QDQ model),
+calibrated on inputs drawn like the timed one (speed does not depend on the values); bf16:
+the FP32 export on oneDNN in bfloat16. ``PRECISION_BACKENDS`` says which backend runs which.
 """
 
 import argparse
@@ -92,7 +92,7 @@ LABELS = {
     "paddle_trt": "ours: Paddle Inference + TensorRT",
 }
 PRECISIONS = ("fp32", "int8", "bf16")
-PRECISION_BACKENDS = {"int8": ("paddle", "paddle_onednn", "onnxruntime"),
+PRECISION_BACKENDS = {"int8": ("paddle", "paddle_onednn", "paddle_openvino", "onnxruntime"),
                       "bf16": ("paddle", "paddle_onednn")}  # bf16: on oneDNN
 NUM_BENCH_CALIB = 4  # calibration inputs of an int8 bench export
 
@@ -239,7 +239,8 @@ def make_runner(spec):
         return create_runner(ModelFiles.from_onnx(spec["path"]), "onnxruntime",
                              PredictorOptions(cpu_threads=threads))
     if kind == "files":  # a program and its parameters, set up as ``options`` say
-        files = ModelFiles.from_paddle(spec["program"], spec["params"])
+        files = ModelFiles.from_paddle(spec["program"], spec["params"],
+                                       precision=spec.get("precision", "fp32"))
         return create_runner(files, "paddle", PredictorOptions(
             **dict(spec.get("options", {}), cpu_threads=threads)))
     if kind == "sgemm":
@@ -556,9 +557,10 @@ def precision_specs(config_path, model, args, want, specs, paddle_shape, mdir):
             if not os.path.isfile(os.path.join(folder, "deploy.yaml")):
                 quantize(config_path, folder, model=model, batches=calib, fmt=fmt,
                          input_shape=shape if fmt == "onnx" else paddle_shape,
-                         output_op="argmax")
-            out[variant(b, precision)] = dict(base, path=folder, options=dict(
-                base.get("options", {}), engine="onednn") if fmt == "paddle" else {})
+                         output_op="argmax", **({} if fmt == "onnx" else dict(
+                             tune_shape=shape[2:], tune_threads=args.threads or cpu_count())))
+            # paddle: the engine the INT8 export recorded; paddle_<engine>: that engine
+            out[variant(b, precision)] = dict(base, path=folder)
     return out
 
 

@@ -22,7 +22,7 @@ INCOMPLETE_MARKER = ".mobileseg-export-incomplete"
 BACKUP_PREFIX = ".mobileseg-old."  # an earlier export's file while the next one moves in
 # the files an export writes (the ours of a folder whose marker predates the journal)
 EXPORT_FILES = (FILENAME, "model.pdmodel", "model.openvino.pdmodel", "model.json",
-                "model.pdiparams", "model.onnx")
+                "model.pdiparams", "model.openvino.pdiparams", "model.onnx")
 DEPLOY_KEY = "MobileSegDeploy"
 # 2 added ``engine`` (the default CPU engine of Paddle Inference) and ``files.openvino``; a
 # version 1 file (neither) still loads, its engine is oneDNN. 3 added ``precision`` (int8
@@ -53,8 +53,8 @@ def make(cfg, num_classes, shape, output_op, fmt, files, mean, std, exporter, pa
          config_path=None, engine=None, precision=None):
     """The content of deploy.yaml for an export of ``cfg``'s model (a paddleseg ``Config``).
     ``engine`` (Paddle formats): {"default": one of ``CPU_ENGINES``, "chosen": "measured",
-    "--engine" or "int8", and when measured "measured": {"shape", "threads", "ms": {engine:
-    ms}}}. ``precision``: {"name": one of ``PRECISIONS``, ...} (None: fp32)."""
+    "--engine" (or "int8" in older INT8 exports), and when measured "measured": {"shape",
+    "threads", "ms": {engine: ms}}}. ``precision``: {"name": one of ``PRECISIONS``, ...} (None: fp32)."""
     transforms = [dict(t) for t in cfg.val_dataset_cfg.get("transforms", []) or []
                   if not (isinstance(t, dict) and t.get("type") in LABEL_ONLY_TRANSFORMS)]
     transforms = transforms or [{"type": "Normalize"}]

@@ -23,6 +23,9 @@ What is written (into a temporary folder next to ``save_dir``, renamed into plac
   module's adaptive pooling in the form OpenVINO's Paddle frontend converts exactly (see
   ``export_rewrites``), for Paddle Inference's OpenVINO engine.
 - ``--format onnx``: ``model.onnx`` (through paddle2onnx) and ``deploy.yaml``.
+- An INT8 export (``mobileseg quant``): the legacy programs quantized, ``model.pdmodel`` with
+  ``model.pdiparams`` and (unless ``--engine onednn``) ``model.openvino.pdmodel`` with its own
+  ``model.openvino.pdiparams``.
 
 Engine (``--engine``, Paddle formats): the CPU engine ``mobileseg infer --engine auto`` runs,
 recorded in deploy.yaml. ``auto`` times each CPU engine on the written export (``--tune_shape``
@@ -45,7 +48,7 @@ from mobileseg_paddle.builder import build_model
 from mobileseg_paddle.config import load_config, normalization
 from mobileseg_paddle.deploy import deploy_yaml
 from mobileseg_paddle.deploy.deploy_yaml import CPU_ENGINES, MIN_INPUT_SIZE, OUTPUT_OPS
-from mobileseg_paddle.deploy.runners import ENGINE_CHOICES, cpu_count
+from mobileseg_paddle.deploy.runners import ENGINE_CHOICES, INT8_ENGINES, cpu_count
 from mobileseg_paddle.errors import UserError, run_main
 from mobileseg_paddle.models.export_rewrites import DeployModel, legacy_tracing, prepare_for_deploy
 
@@ -226,7 +229,8 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
     one from ``config`` and ``model_path`` (``config`` still provides transforms and names).
     ``engine``: the default CPU engine recorded (auto: the fastest of ``measure_engines`` at
     ``tune_shape`` (H, W) with ``tune_threads``, 0 meaning all usable CPUs). ``quant`` (a
-    ``Quantization``): an INT8 export, the legacy program only, on oneDNN (see quant.py)."""
+    ``Quantization``): an INT8 export (see quant.py): the legacy program quantized, and unless
+    ``engine`` is onednn OpenVINO's with its own parameters; auto times the two engines."""
     if output_op not in OUTPUT_OPS:
         raise UserError(f"--output_op: expected one of {OUTPUT_OPS}, got {output_op!r}")
     if fmt not in ("paddle", "onnx"):
@@ -241,7 +245,7 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
     if quant is not None:
         _check_int8(fmt, program, engine)
     tune_input = _check_engine(engine, fmt, program, shape, tune_shape, tune_threads)
-    _check_foreign(save_dir, _written_files(fmt, program, quant is not None))
+    _check_foreign(save_dir, _written_files(fmt, program, quant is not None, engine))
     if model is None:
         model, cfg = build_model(config, model_path)
     else:
@@ -250,9 +254,10 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
                       channels_last_argmax=(fmt == "paddle"))
     # OpenVINO's TopK reduces over the channels where they are (its layout is channels-last
     # already); the NHWC transpose before it cost more than the argmax itself
+    # (an INT8 export quantized for oneDNN only has no OpenVINO program)
     openvino_net = DeployModel(prepare_for_deploy(model, target="openvino"), output_op,
-                               channels_last_argmax=False) if fmt == "paddle" and quant is None \
-        else None
+                               channels_last_argmax=False) \
+        if fmt == "paddle" and (quant is None or engine != "onednn") else None
 
     with _export_lock(save_dir):
         journal_lost = _recover(save_dir)  # an export into it that was killed mid-switch
@@ -262,9 +267,9 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
                                dir=os.path.dirname(save_dir))
         try:
             if quant is not None:
-                files = _save_int8(net, tmp, shape, fmt, opset, quant)
-                engine_info = {"default": "onednn", "chosen": "int8"} if fmt == "paddle" \
-                    else None
+                files = _save_int8(net, openvino_net, tmp, shape, fmt, opset, quant)
+                engine_info = choose_engine(tmp, files, engine, tune_input, tune_threads,
+                                            "int8") if fmt == "paddle" else None
             elif fmt == "paddle":
                 files = save_paddle_programs(net, tmp, shape, program, openvino_net)
                 files["params"] = "model.pdiparams"
@@ -294,20 +299,31 @@ def _check_int8(fmt, program, engine):
     if fmt == "paddle" and program == "pir":
         raise UserError("--program pir: an INT8 export is a legacy program (what oneDNN's INT8 "
                         "passes and Lite read); leave --program out")
-    if fmt == "paddle" and engine not in ("auto", "onednn"):
-        raise UserError(f"--engine {engine}: an INT8 export runs on oneDNN")
+    if fmt == "paddle" and engine not in ("auto",) + INT8_ENGINES:
+        raise UserError(f"--engine {engine}: an INT8 export runs on the int8 kernels of "
+                        f"{' or '.join(INT8_ENGINES)}")
 
 
-def _save_int8(net, tmp, shape, fmt, opset, quant):
-    """The FP32 program (legacy) or ONNX model of ``net`` in a scratch folder, quantized into
-    ``tmp``. Returns the files block."""
+def _save_int8(net, openvino_net, tmp, shape, fmt, opset, quant):
+    """The FP32 program(s) (legacy; with ``openvino_net`` OpenVINO's too) or ONNX model of
+    ``net`` in a scratch folder, quantized into ``tmp``. Returns the files block.
+
+    OpenVINO's program is calibrated on its own: its variables (the scales' names) differ from
+    the oneDNN program's, so it brings its own parameter file, and its per-tensor scales are
+    stored with shape [1] (``quant._scales_as_vectors``)."""
     from mobileseg_paddle.deploy import quant as q
 
     with tempfile.TemporaryDirectory(prefix="fp32-", dir=tmp) as scratch:
         if fmt == "paddle":
-            save_paddle_programs(net, scratch, shape, "legacy")
+            save_paddle_programs(net, scratch, shape, "legacy", openvino_net)
             q.quantize_program(scratch, tmp, quant.batches, quant.algo)
-            return {"legacy": "model.pdmodel", "params": "model.pdiparams"}
+            files = {"legacy": "model.pdmodel", "params": "model.pdiparams"}
+            if openvino_net is not None:
+                q.quantize_program(scratch, tmp, quant.batches, quant.algo,
+                                   model_filename="model.openvino.pdmodel", vector_scales=True)
+                files.update(openvino="model.openvino.pdmodel",
+                             openvino_params="model.openvino.pdiparams")
+            return files
         save_onnx(net, scratch, shape, opset)
         q.quantize_onnx(os.path.join(scratch, "model.onnx"), os.path.join(tmp, "model.onnx"),
                         quant.batches, quant.algo)
@@ -345,13 +361,13 @@ def _check_engine(engine, fmt, program, shape, tune_shape, tune_threads):
     return [max(shape[0], 1), 3] + hw
 
 
-def choose_engine(folder, files, engine, tune_input, threads=0):
+def choose_engine(folder, files, engine, tune_input, threads=0, precision="fp32"):
     """The ``engine`` block of deploy.yaml: ``engine`` as asked, or (auto) the fastest of
     ``measure_engines`` on the export in ``folder``."""
     if engine != "auto":
         return {"default": engine, "chosen": "--engine"}
     threads = threads or cpu_count()
-    ms = measure_engines(folder, files, tune_input, threads)
+    ms = measure_engines(folder, files, tune_input, threads, precision=precision)
     timed = {e: t for e, t in ms.items() if t is not None}
     if not timed:
         raise UserError("--engine auto: no CPU engine of Paddle Inference ran the export")
@@ -359,28 +375,31 @@ def choose_engine(folder, files, engine, tune_input, threads=0):
             "measured": {"shape": list(tune_input), "threads": threads, "ms": ms}}
 
 
-def measure_engines(folder, files, shape, threads, turns=TUNE_TURNS):
-    """{engine: median ms of a run (feed, run, fetch) at ``shape``} for each CPU engine on the
-    export's programs in ``folder``; None for an engine that cannot run it. Each engine runs in
-    a process of its own and the engines take turns, as in ``mobileseg bench``: in one process
-    the OpenMP threads Paddle leaves spinning after a oneDNN run slow the OpenVINO run next."""
+def measure_engines(folder, files, shape, threads, turns=TUNE_TURNS, precision="fp32"):
+    """{engine: median ms of a run (feed, run, fetch) at ``shape``} for each CPU engine (of an
+    INT8 export: each of ``INT8_ENGINES``) on the export's programs in ``folder``; None for an
+    engine that cannot run it. Each engine runs in a process of its own and the engines take
+    turns, as in ``mobileseg bench``: in one process the OpenMP threads Paddle leaves spinning
+    after a oneDNN run slow the OpenVINO run next."""
     from mobileseg_paddle.deploy.benchmark import time_in_turns
 
-    params = os.path.join(folder, files["params"])
+    engines = INT8_ENGINES if precision == "int8" else CPU_ENGINES
     specs = {}
     # OpenVINO's compile cache of a program that is about to move: a scratch folder
     with tempfile.TemporaryDirectory(prefix="mobileseg-engines-") as work:
-        for engine in CPU_ENGINES:
-            program = (files.get("openvino") if engine == "openvino"
-                       else files.get("legacy") or files.get("pir"))
+        for engine in engines:
+            program, params = ((files.get("openvino"), files.get("openvino_params")
+                                or files["params"]) if engine == "openvino"
+                               else (files.get("legacy") or files.get("pir"), files["params"]))
             if program:
                 specs[engine] = dict(kind="files", program=os.path.join(folder, program),
-                                     params=params, threads=threads, shape=list(shape), seed=0,
+                                     params=os.path.join(folder, params), precision=precision,
+                                     threads=threads, shape=list(shape), seed=0,
                                      warmup=TUNE_WARMUP, options=dict(
                                          engine=engine, openvino_cache_dir=work))
         times, _, errors = time_in_turns(specs, turns, TUNE_RUNS_PER_TURN, work)
     ms = {}
-    for engine in CPU_ENGINES:
+    for engine in engines:
         if engine in errors:
             print(f"note: --engine auto: {engine} cannot run this export: {errors[engine]}",
                   file=sys.stderr)
@@ -431,12 +450,14 @@ def _our_files(save_dir, journal_lost=False):
     return [deploy_yaml.FILENAME] + [n for n in dict.fromkeys(names) if n != deploy_yaml.FILENAME]
 
 
-def _written_files(fmt, program, int8=False):
-    """The names an export of ``fmt``/``program`` writes."""
+def _written_files(fmt, program, int8=False, engine="auto"):
+    """The names an export of ``fmt``/``program`` (an INT8 one for ``engine``) writes."""
     if fmt == "onnx":
         return ["model.onnx", deploy_yaml.FILENAME]
     if int8:
-        return ["model.pdmodel", "model.pdiparams", deploy_yaml.FILENAME]
+        openvino = [] if engine == "onednn" else ["model.openvino.pdmodel",
+                                                  "model.openvino.pdiparams"]
+        return ["model.pdmodel", "model.pdiparams"] + openvino + [deploy_yaml.FILENAME]
     legacy = ["model.pdmodel", "model.openvino.pdmodel"]
     programs = {"legacy": legacy, "pir": ["model.json"]}.get(program, legacy + ["model.json"])
     return programs + ["model.pdiparams", deploy_yaml.FILENAME]

@@ -3,7 +3,7 @@
 ``mobileseg infer`` and ``mobileseg bench`` run unchanged.
 
     mobileseg quant --config C --model_path W --save_dir D [--num_calib 32] [--algo avg]
-                    [--format paddle|onnx]
+                    [--format paddle|onnx] [--engine auto|onednn|openvino]
 
 Calibration images: ``--num_calib`` images spread evenly over the config's ``train_dataset``,
 read through the config's *validation* transforms (what inference sees), one image per batch
@@ -17,6 +17,12 @@ What each runtime accepts (Paddle 3.3.1, paddle2onnx 2.1.0, Paddle Lite 2.13):
   Paddle Inference's oneDNN INT8 passes (``enable_mkldnn_int8``) turn it into int8 kernels; the
   same form is what Lite's opt folds into its ARM int8 kernels (``mobileseg lite --precision
   int8``). The older ``fake_quantize_*`` form runs on oneDNN too, but Lite needs the other one.
+  Paddle Inference's OpenVINO engine runs the same form (its low-precision transformations make
+  the convolutions int8) on the export's OpenVINO program (``model.openvino.pdmodel``, see
+  export.py), quantized on its own with its own ``model.openvino.pdiparams`` (its variables'
+  names differ), the per-tensor scales stored with shape [1]: Paddle 3.3.1 saves them 0-D,
+  which OpenVINO's frontend refuses ("dims of scale should not be greater than 2").
+  ``--engine auto`` writes both programs and records the engine measured faster.
 - ``--format onnx``: paddle2onnx 2.1.0 refuses either form ("Only support e4m3 or e5m2 now": it
   reads Paddle's float ``dequantize_linear`` input as FP8), so the ONNX export is quantized by
   onnxruntime's own ``quantize_static`` (QDQ, int8 weights per channel, uint8 activations) on the
@@ -210,11 +216,14 @@ def _linear_time_graph_edits():
 
 
 def quantize_program(src_dir, dst_dir, batches, algo=DEFAULT_ALGO, model_filename="model.pdmodel",
-                     params_filename="model.pdiparams", input_name="x"):
+                     params_filename="model.pdiparams", input_name="x", vector_scales=False):
     """Quantize the legacy program ``src_dir/model_filename`` (with ``params_filename``) on
-    ``batches`` (float32 NCHW arrays) and write it to ``dst_dir`` under the same names, in the
-    ``quantize_linear``/``dequantize_linear`` form with int8 weights. Prints Paddle's progress
-    bars (one per stage, batch by batch)."""
+    ``batches`` (float32 NCHW arrays) and write it to ``dst_dir`` as ``model_filename`` with
+    the parameters beside it under the program's name (``model.pdmodel`` -> ``model.pdiparams``,
+    ``model.openvino.pdmodel`` -> ``model.openvino.pdiparams``), in the
+    ``quantize_linear``/``dequantize_linear`` form with int8 weights. ``vector_scales``: the
+    per-tensor scales stored with shape [1] (``_scales_as_vectors``), for OpenVINO. Prints
+    Paddle's progress bars (one per stage, batch by batch)."""
     import paddle
     from paddle.static.quantization import PostTrainingQuantization
 
@@ -233,9 +242,31 @@ def quantize_program(src_dir, dst_dir, batches, algo=DEFAULT_ALGO, model_filenam
                 batch_nums=len(batches), algo=algo, quantizable_op_type=list(QUANTIZABLE_OPS),
                 weight_quantize_type=WEIGHT_QUANTIZE, onnx_format=True)
             ptq.quantize()
+            if vector_scales:
+                _scales_as_vectors(scope)
             ptq.save_quantized_model(dst_dir, model_filename=model_filename,
                                      params_filename=params_filename)
     return dst_dir
+
+
+def _scales_as_vectors(scope):
+    """Store the 0-D tensors of ``scope`` (the per-tensor activation scales and zero points of
+    Paddle 3.3.1's quantization; the program declares them [1]) with shape [1]. OpenVINO's
+    Paddle frontend refuses a 0-D scale ("dims of scale should not be greater than 2"); oneDNN
+    and Lite read either."""
+    import paddle
+
+    for name in scope.local_var_names():
+        var = scope.find_var(name)
+        try:
+            tensor = var.get_tensor()
+        except Exception:  # not a tensor (feed/fetch lists, readers)
+            continue
+        if not tensor._is_initialized():
+            continue
+        value = np.array(tensor)
+        if value.ndim == 0:
+            tensor.set(value.reshape(1), paddle.CPUPlace())
 
 
 def program_is_quantized(path):
@@ -348,10 +379,13 @@ def evaluate(runners, cfg, config_name="--config", log=print):
 
 def quantize(config, save_dir, model_path=None, num_calib=DEFAULT_NUM_CALIB, algo=DEFAULT_ALGO,
              fmt="paddle", input_shape=None, output_op="argmax", opset=None, model=None,
-             batches=None):
+             batches=None, engine="auto", tune_shape=None, tune_threads=0):
     """Write an INT8 export of ``config``'s model into ``save_dir``; returns its deploy.yaml.
     ``batches`` (optional) replaces the calibration images of the config (the benchmark passes
-    inputs of its own)."""
+    inputs of its own). ``engine`` (Paddle format): auto quantizes a program for oneDNN (and
+    Lite) and one for OpenVINO and records the faster, as ``mobileseg export --engine auto``
+    (``tune_shape``/``tune_threads`` as ``export``'s); openvino writes both and records
+    OpenVINO; onednn writes and records oneDNN's only."""
     from mobileseg_paddle.config import load_config
     from mobileseg_paddle.deploy import export as ex
 
@@ -370,7 +404,7 @@ def quantize(config, save_dir, model_path=None, num_calib=DEFAULT_NUM_CALIB, alg
     kwargs = {} if opset is None else {"opset": opset}
     return ex.export(config, save_dir, model_path=model_path, input_shape=input_shape,
                      output_op=output_op, fmt=fmt, program="legacy", model=model,
-                     engine="onednn" if fmt == "paddle" else "auto",
+                     engine=engine, tune_shape=tune_shape, tune_threads=tune_threads,
                      quant=ex.Quantization(batches, algo, info), **kwargs)
 
 
@@ -388,6 +422,7 @@ def _refuse_quantized_weights(model_path):
 
 def build_parser():
     from mobileseg_paddle.deploy.deploy_yaml import OUTPUT_OPS
+    from mobileseg_paddle.deploy.runners import INT8_ENGINES
 
     p = argparse.ArgumentParser(
         prog="mobileseg quant",
@@ -406,6 +441,9 @@ def build_parser():
     p.add_argument("--input_shape", nargs="+", default=None, metavar="DIM",
                    help="input shape N C H W; -1 for a dynamic dimension (default: -1 3 -1 -1)")
     p.add_argument("--output_op", default="argmax", choices=OUTPUT_OPS)
+    p.add_argument("--engine", default="auto", choices=("auto",) + INT8_ENGINES,
+                   help="paddle format: the CPU engine the INT8 export runs on by default; auto: "
+                        "the faster measured; onednn: no OpenVINO program written")
     p.add_argument("--eval", action="store_true",
                    help="then compare the INT8 export with the FP32 model on the val_dataset: "
                         "mIoU of each and their pixel agreement")
@@ -418,7 +456,8 @@ def main(argv=None):
     def run():
         path = quantize(args.config, args.save_dir, model_path=args.model_path,
                         num_calib=args.num_calib, algo=args.algo, fmt=args.format,
-                        input_shape=args.input_shape, output_op=args.output_op)
+                        input_shape=args.input_shape, output_op=args.output_op,
+                        engine=args.engine)
         print(f"quantized to {os.path.dirname(path)} (deploy.yaml, {args.format}, int8)")
         if args.eval:
             report_accuracy(args.config, args.model_path, os.path.dirname(path), args.format)

@@ -223,19 +223,23 @@ def test_bench_times_int8_and_bf16_beside_fp32(tmp_path):
     """The whole ``--precisions`` path at a small size: every variant runs, in the same turns."""
     out = tmp_path / "bench.json"
     code = B.main(["--preset", "phone", "--models", "mobilenetv2", "--input_shape", "1", "3",
-                   "64", "64", "--backends", "paddle_onednn,onnxruntime", "--precisions",
+                   "64", "64", "--backends", "paddle_onednn,paddle_openvino,onnxruntime",
+                   "--precisions",
                    "fp32,int8,bf16", "--turns", "2", "--runs_per_turn", "1", "--warmup", "1",
                    "--floor", "off", "--work_dir", str(tmp_path / "work"), "--save_json",
                    str(out), "--save_png", ""])
     assert code == 0
     import json
     rows = {r["backend"]: r for r in json.load(open(out))["results"]}
-    want = {"paddle_onednn", "paddle_onednn@int8", "onnxruntime", "onnxruntime@int8"}
+    want = {"paddle_onednn", "paddle_onednn@int8", "paddle_openvino", "paddle_openvino@int8",
+            "onnxruntime", "onnxruntime@int8"}
     assert want <= set(rows)
     for key in want:
         assert rows[key]["status"] == "ok", rows[key]
         assert len(rows[key]["turn_medians_ms"]) == 2
     assert rows["paddle_onednn@int8"]["precision"] == "int8"
+    assert rows["paddle_openvino@int8"]["precision"] == "int8"
+    assert "paddle_openvino@bf16" not in rows  # bf16 is oneDNN's
     from paddle.base import core
     bf16 = rows["paddle_onednn@bf16"]
     assert bf16["status"] == ("ok" if core.supports_bfloat16() else "failed"), bf16

@@ -22,10 +22,10 @@ as one op), or its plain CPU kernels; ``auto`` runs the one the export recorded 
 (``mobileseg export --engine``; oneDNN for bare files and older exports).
 
 Precision (``--precision``): ``auto`` runs an export at its own precision (fp32, or int8 for an
-export of ``mobileseg quant``). On the CPU an INT8 export runs on oneDNN's int8 kernels and an
-FP32 one may run in bfloat16 on oneDNN (``bf16``, on CPUs with AVX512-BF16); TensorRT runs
-fp32, fp16 or int8 (an FP32 export then needs its calibration table, an INT8 export brings
-its scales).
+export of ``mobileseg quant``). On the CPU an INT8 export runs on oneDNN's int8 kernels or
+OpenVINO's (``INT8_ENGINES``) and an FP32 one may run in bfloat16 on oneDNN (``bf16``, on
+CPUs with AVX512-BF16); TensorRT runs fp32, fp16 or int8 (an FP32 export then needs its
+calibration table, an INT8 export brings its scales).
 
 Adding an engine or a precision: its option here (``ENGINES``, ``PRECISIONS``, checked in
 ``check`` and ``resolve``), its set-up in the backend modules' ``ENGINES`` tables."""
@@ -48,6 +48,9 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # the --precision values
 # kernels; CUDA, or TensorRT (on CUDA)
 ENGINES = CPU_ENGINES + ("gpu", "tensorrt")
 ENGINE_CHOICES = ("auto",) + CPU_ENGINES  # the --engine values
+# the CPU engines that run an INT8 export (its quantize/dequantize pairs): oneDNN's int8
+# kernels, OpenVINO's low-precision transformations (on the export's own OpenVINO program)
+INT8_ENGINES = ("onednn", "openvino")
 
 
 def cpu_count():
@@ -160,9 +163,9 @@ def check_precision(precision, model_precision, engine):
             raise UserError(f"--precision {asked}: this is an INT8 export (mobileseg quant); it "
                             f"runs in int8 (leave --precision out), the FP32 model is the "
                             f"export it was made beside")
-        if engine not in ("onednn", "onnxruntime"):
-            raise UserError(f"--engine {engine}: an INT8 export runs on oneDNN's int8 kernels "
-                            f"(--engine onednn) or TensorRT")
+        if engine not in INT8_ENGINES + ("onnxruntime",):
+            raise UserError(f"--engine {engine}: an INT8 export runs on int8 kernels: oneDNN's "
+                            f"(--engine onednn), OpenVINO's (--engine openvino) or TensorRT")
         return asked
     if asked == "int8":
         raise UserError("--precision int8 runs an INT8 export: make one with mobileseg quant "
@@ -190,14 +193,14 @@ class ModelFiles:
     precision: str = "fp32"      # fp32 | int8 (quantized: an export of mobileseg quant)
 
     @classmethod
-    def from_paddle(cls, program, params, dynamic_shape=True):
+    def from_paddle(cls, program, params, dynamic_shape=True, precision="fp32"):
         """Bare Paddle program and parameter files (e.g. paddleseg's export)."""
         for what, path in (("program", program), ("params", params)):
             if not os.path.isfile(path):
                 raise UserError(f"{what} file not found: {path}")
         kind = "pir" if program.endswith(".json") else "legacy"
         return cls("paddle", program, program=program, params=params, program_kind=kind,
-                   dynamic_shape=dynamic_shape)
+                   dynamic_shape=dynamic_shape, precision=precision)
 
     @classmethod
     def from_onnx(cls, path, dynamic_shape=True):
@@ -245,14 +248,22 @@ class ModelFiles:
                             f"the PIR one (" + ("leave out --program pir)" if "legacy" in
                             deploy.files else "exported with --program pir: re-export with "
                             "--program both, or use --engine onednn)"))
+        params = "params"
         if engine == "openvino":
+            if "openvino" not in deploy.files and deploy.precision == "int8":
+                raise UserError(f"{deploy.path}: --engine openvino needs an OpenVINO program "
+                                f"(model.openvino.pdmodel), which an INT8 export quantized with "
+                                f"--engine onednn (or by an older version) lacks: quantize it "
+                                f"again with --engine auto or openvino, or use --engine onednn")
             if "openvino" not in deploy.files:  # its pooling form is wrong on OpenVINO
                 raise UserError(f"{deploy.path}: --engine openvino needs an export of this "
                                 f"version (model.openvino.pdmodel); re-export the model or use "
                                 f"--engine onednn")
             program = "openvino"
+            # an INT8 export's OpenVINO program has scales of its own names
+            params = "openvino_params" if "openvino_params" in deploy.files else "params"
         return cls("paddle", deploy.path, program=deploy.file(program),
-                   params=deploy.file("params"), program_kind="pir" if program == "pir"
+                   params=deploy.file(params), program_kind="pir" if program == "pir"
                    else "legacy", dynamic_shape=dynamic, precision=deploy.precision)
 
 
@@ -327,6 +338,6 @@ def resolve_options(model, opts=None, backend="paddle"):
     return opts.resolve(recorded, model_precision)
 
 
-__all__ = ["BACKENDS", "DEVICES", "ENGINES", "ENGINE_CHOICES", "PRECISIONS", "PROGRAMS",
-           "ModelFiles", "PredictorOptions", "Runner", "check_device", "check_precision", "cpu_count",
-           "create_runner", "resolve_backend", "resolve_options"]
+__all__ = ["BACKENDS", "DEVICES", "ENGINES", "ENGINE_CHOICES", "INT8_ENGINES", "PRECISIONS",
+           "PROGRAMS", "ModelFiles", "PredictorOptions", "Runner", "check_device",
+           "check_precision", "cpu_count", "create_runner", "resolve_backend", "resolve_options"]
