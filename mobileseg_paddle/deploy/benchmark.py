@@ -448,12 +448,14 @@ def bench_model(name, config_path, args, work_dir, log=print):
     common = {"threads": threads, "shape": shape, "seed": args.seed, "warmup": args.warmup}
     specs, notes, engine_note = {}, {}, None
     if {"paddle", "paddle_trt", *ENGINE_BACKENDS} & set(want):
-        # the default export, which measures its engines at the bench shape and threads
+        # the default export, which measures its engines at the bench shape and threads when
+        # the default configuration (paddle) is timed; the named engines need no measurement
         d = os.path.dirname(export(config_path, os.path.join(mdir, "paddle"),
                                    input_shape=paddle_shape, output_op="argmax", fmt="paddle",
-                                   program="legacy", model=ours, engine="auto",
+                                   program="legacy", model=ours,
+                                   engine="auto" if "paddle" in want else "onednn",
                                    tune_shape=shape[2:], tune_threads=threads))
-        engine_note = DeployConfig(d).engine
+        engine_note = DeployConfig(d).engine if "paddle" in want else None
         # OpenVINO compiles into the work folder, not the user's cache (exports here are temporary)
         cache = {"openvino_cache_dir": os.path.join(mdir, "openvino_cache")}
         if "paddle" in want:
@@ -540,6 +542,10 @@ def precision_specs(config_path, model, args, want, specs, paddle_shape, mdir):
 
     shape, out = list(args.input_shape), {}
     calib = [_input(shape, args.seed + 1 + k) for k in range(NUM_BENCH_CALIB)]
+    # the INT8 export's engines are measured for the default configuration (paddle) only;
+    # paddle_openvino needs OpenVINO's program (openvino writes both), paddle_onednn oneDNN's
+    int8_engine = ("auto" if "paddle" in want else
+                   "openvino" if "paddle_openvino" in want else "onednn")
     for precision in args.precisions:
         if precision == "fp32":
             continue
@@ -558,7 +564,8 @@ def precision_specs(config_path, model, args, want, specs, paddle_shape, mdir):
                 quantize(config_path, folder, model=model, batches=calib, fmt=fmt,
                          input_shape=shape if fmt == "onnx" else paddle_shape,
                          output_op="argmax", **({} if fmt == "onnx" else dict(
-                             tune_shape=shape[2:], tune_threads=args.threads or cpu_count())))
+                             engine=int8_engine, tune_shape=shape[2:],
+                             tune_threads=args.threads or cpu_count())))
             # paddle: the engine the INT8 export recorded; paddle_<engine>: that engine
             out[variant(b, precision)] = dict(base, path=folder)
     return out

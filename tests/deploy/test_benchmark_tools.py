@@ -240,6 +240,11 @@ def test_bench_times_int8_and_bf16_beside_fp32(tmp_path):
     assert rows["paddle_onednn@int8"]["precision"] == "int8"
     assert rows["paddle_openvino@int8"]["precision"] == "int8"
     assert "paddle_openvino@bf16" not in rows  # bf16 is oneDNN's
+    # without the default configuration (paddle) timed, no export measures its engines
+    from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
+    for name in ("paddle", "paddle_int8"):
+        dep = DeployConfig(str(tmp_path / "work" / "mobilenetv2" / name))
+        assert dep.info["engine"]["chosen"] == "--engine" and "openvino" in dep.files
     from paddle.base import core
     bf16 = rows["paddle_onednn@bf16"]
     assert bf16["status"] == ("ok" if core.supports_bfloat16() else "failed"), bf16
