@@ -48,7 +48,7 @@ from mobileseg_paddle.builder import build_model
 from mobileseg_paddle.config import load_config, normalization
 from mobileseg_paddle.deploy import deploy_yaml
 from mobileseg_paddle.deploy.deploy_yaml import CPU_ENGINES, MIN_INPUT_SIZE, OUTPUT_OPS
-from mobileseg_paddle.deploy.runners import ENGINE_CHOICES, INT8_ENGINES, cpu_count
+from mobileseg_paddle.deploy.runners import ENGINE_CHOICES, INT8_ENGINES, cpu_count, engine_files
 from mobileseg_paddle.errors import UserError, run_main
 from mobileseg_paddle.models.export_rewrites import DeployModel, legacy_tracing, prepare_for_deploy
 
@@ -388,13 +388,13 @@ def measure_engines(folder, files, shape, threads, turns=TUNE_TURNS, precision="
     # OpenVINO's compile cache of a program that is about to move: a scratch folder
     with tempfile.TemporaryDirectory(prefix="mobileseg-engines-") as work:
         for engine in engines:
-            program, params = ((files.get("openvino"), files.get("openvino_params")
-                                or files["params"]) if engine == "openvino"
-                               else (files.get("legacy") or files.get("pir"), files["params"]))
-            if program:
-                specs[engine] = dict(kind="files", program=os.path.join(folder, program),
-                                     params=os.path.join(folder, params), precision=precision,
-                                     threads=threads, shape=list(shape), seed=0,
+            program, params = engine_files(files, engine,
+                                           "legacy" if "legacy" in files else "pir")
+            if program in files:
+                specs[engine] = dict(kind="files", program=os.path.join(folder, files[program]),
+                                     params=os.path.join(folder, files[params]),
+                                     precision=precision, threads=threads, shape=list(shape),
+                                     seed=0,
                                      warmup=TUNE_WARMUP, options=dict(
                                          engine=engine, openvino_cache_dir=work))
         times, _, errors = time_in_turns(specs, turns, TUNE_RUNS_PER_TURN, work)

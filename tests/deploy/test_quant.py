@@ -16,12 +16,14 @@ import pytest
 import yaml
 
 from helpers.numerics import max_rel_err, randomize_
+from helpers.paddle_files import read_params
 from helpers.train_helpers import config_dict, make_data, run_module, write_config
 from mobileseg_paddle.builder import build_model
 from mobileseg_paddle.config import load_config
 from mobileseg_paddle.deploy import quant as Q
 from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
 from mobileseg_paddle.deploy.export import export
+from mobileseg_paddle.deploy.lite.program_compat import read_program
 from mobileseg_paddle.deploy.runners import PredictorOptions, create_runner
 
 SIZE = 96  # images of the tiny dataset
@@ -131,46 +133,12 @@ def test_openvino_int8_scales_are_vectors(exports):
     """OpenVINO's Paddle frontend refuses a 0-D scale; Paddle 3.3.1 saves the per-tensor
     scales 0-D, which the oneDNN program keeps and the OpenVINO program's are made [1]."""
     int8 = DeployConfig(exports["int8_paddle"])
-    shapes = {program: _param_shapes(int8.file(params), int8.file(program))
-              for program, params in (("legacy", "params"), ("openvino", "openvino_params"))}
+    shapes = {program: {name: a.shape for name, a in read_params(
+        read_program(int8.file(program)), int8.file(params)).items()}
+        for program, params in (("legacy", "params"), ("openvino", "openvino_params"))}
     assert sum(len(s) == 0 for s in shapes["legacy"].values()) >= 20
     assert not [n for n, s in shapes["openvino"].items() if len(s) == 0]
     assert sum(s == (1,) for s in shapes["openvino"].values()) >= 20
-
-
-def _param_shapes(params, program):
-    """{name: shape} of the tensors of a legacy program's combined parameter file (saved in
-    the sorted order of the program's persistable variables)."""
-    import struct
-
-    from paddle.base import core
-    from paddle.base.proto import framework_pb2
-    with open(program, "rb") as f:
-        desc = core.ProgramDesc(f.read())
-    block = desc.block(0)  # borrowed from desc, which must outlive it
-    names = sorted(v.name() for v in block.all_vars()
-                   if v.persistable() and v.name() not in ("feed", "fetch"))
-    with open(params, "rb") as f:
-        data = f.read()
-    sizes = {framework_pb2.VarType.FP32: 4, framework_pb2.VarType.INT8: 1,
-             framework_pb2.VarType.INT32: 4, framework_pb2.VarType.INT64: 8}
-    out, off = {}, 0
-    for name in names:
-        off += 4  # version
-        (lod_level,) = struct.unpack_from("<Q", data, off)
-        off += 8
-        for _ in range(lod_level):
-            (size,) = struct.unpack_from("<Q", data, off)
-            off += 8 + size
-        off += 4  # tensor version
-        (desc_size,) = struct.unpack_from("<i", data, off)
-        off += 4
-        tensor = framework_pb2.VarType.TensorDesc.FromString(data[off:off + desc_size])
-        off += desc_size
-        out[name] = tuple(tensor.dims)
-        off += int(np.prod(tensor.dims)) * sizes[tensor.data_type]
-    assert off == len(data)  # every byte accounted for: the layout was read right
-    return out
 
 
 def _ops_and_params(folder):

@@ -248,7 +248,6 @@ class ModelFiles:
                             f"the PIR one (" + ("leave out --program pir)" if "legacy" in
                             deploy.files else "exported with --program pir: re-export with "
                             "--program both, or use --engine onednn)"))
-        params = "params"
         if engine == "openvino":
             if "openvino" not in deploy.files and deploy.precision == "int8":
                 raise UserError(f"{deploy.path}: --engine openvino needs an OpenVINO program "
@@ -259,12 +258,19 @@ class ModelFiles:
                 raise UserError(f"{deploy.path}: --engine openvino needs an export of this "
                                 f"version (model.openvino.pdmodel); re-export the model or use "
                                 f"--engine onednn")
-            program = "openvino"
-            # an INT8 export's OpenVINO program has scales of its own names
-            params = "openvino_params" if "openvino_params" in deploy.files else "params"
+        program, params = engine_files(deploy.files, engine, program)
         return cls("paddle", deploy.path, program=deploy.file(program),
                    params=deploy.file(params), program_kind="pir" if program == "pir"
                    else "legacy", dynamic_shape=dynamic, precision=deploy.precision)
+
+
+def engine_files(files, engine, program="legacy"):
+    """(program key, params key) of an export's ``files`` block that ``engine`` loads, for the
+    asked ``program`` (legacy or pir): OpenVINO its own program, whose parameters are the
+    shared ones, or, in an INT8 export, its own (its scales have other names)."""
+    if engine != "openvino":
+        return program, "params"
+    return "openvino", "openvino_params" if "openvino_params" in files else "params"
 
 
 class Runner:
@@ -340,4 +346,5 @@ def resolve_options(model, opts=None, backend="paddle"):
 
 __all__ = ["BACKENDS", "DEVICES", "ENGINES", "ENGINE_CHOICES", "INT8_ENGINES", "PRECISIONS",
            "PROGRAMS", "ModelFiles", "PredictorOptions", "Runner", "check_device",
-           "check_precision", "cpu_count", "create_runner", "resolve_backend", "resolve_options"]
+           "check_precision", "cpu_count", "create_runner", "engine_files", "resolve_backend",
+           "resolve_options"]

@@ -14,12 +14,12 @@ import sys
 import numpy as np
 import paddle
 import pytest
-from paddle.base.proto import framework_pb2 as pb
 
 from helpers import ROOT
 from helpers.arm import poisoned, require_arm
 from helpers.lite import require_lite_runtime
 from helpers.numerics import max_rel_err, randomize_
+from helpers.paddle_files import read_params
 from mobileseg_paddle import resources
 from mobileseg_paddle.builder import build_model
 from mobileseg_paddle.deploy.lite.check import check
@@ -152,9 +152,6 @@ export_program(model, sys.argv[3], [int(s) for s in sys.argv[4:]])
 """
 
 VOLATILE_ATTRS = {"op_callstack", "op_namescope", "op_device"}  # where the trace ran, not what
-DTYPES = {pb.VarType.FP32: "<f4", pb.VarType.INT64: "<i8", pb.VarType.INT32: "<i4"}
-
-
 def program_signature(path):
     """Every op of every block in order: type, attributes, and its inputs/outputs as variables
     renamed by first use, with their types and dims; and {name: that number}. Names carry
@@ -180,29 +177,6 @@ def program_signature(path):
                      for s in (*op.inputs, *op.outputs)]
             ops.append((op.type, attrs, slots))
     return program, ops, names
-
-
-def read_params(program, path):
-    """{name: array} of a ``.pdiparams`` (save_combine: the persistable tensors sorted by name,
-    each: u32 version, u64 LoD levels, u32 version, i32 size + TensorDesc, raw data)."""
-    tensors = sorted(v.name for b in program.blocks for v in b.vars
-                     if v.persistable and v.type.type == pb.VarType.DENSE_TENSOR)
-    with open(path, "rb") as f:
-        data = f.read()
-    pos, out = 0, {}
-    for name in tensors:
-        lod_levels = int(np.frombuffer(data, "<u8", 1, pos + 4)[0])
-        pos += 12
-        for _ in range(lod_levels):
-            pos += 8 + int(np.frombuffer(data, "<u8", 1, pos)[0])
-        size = int(np.frombuffer(data, "<i4", 1, pos + 4)[0])
-        desc = pb.VarType.TensorDesc.FromString(data[pos + 8:pos + 8 + size])
-        pos += 8 + size
-        count = int(np.prod(desc.dims))
-        out[name] = np.frombuffer(data, DTYPES[desc.data_type], count, pos).reshape(desc.dims)
-        pos += out[name].nbytes
-    assert pos == len(data), f"{path}: {len(data) - pos} bytes after the last tensor"
-    return out
 
 
 def test_in_process_export_equals_a_fresh_pir_off_process(converted):
