@@ -11,6 +11,21 @@ for path in (os.path.dirname(TESTS), TESTS):
         sys.path.insert(0, path)
 
 
+def pytest_configure(config):
+    """The controller (or the one process without xdist) makes the session's shared folder
+    (helpers/shared.py) before any worker starts."""
+    if not hasattr(config, "workerinput"):
+        from helpers.shared import make_session_folder
+        config.mobileseg_session_folder = make_session_folder()
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "mobileseg_session_folder", None)
+    if folder:
+        from helpers.shared import remove_session_folder
+        remove_session_folder(folder)
+
+
 @pytest.fixture(scope="session")
 def data_src(tmp_path_factory):
     """The tiny synthetic dataset (4 training, 2 validation images of 64x64), made once."""
@@ -19,13 +34,15 @@ def data_src(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def membrane_model(tmp_path_factory):
+def membrane_model():
     """(config, weights) of MobileSeg-MobileNetV2 trained 150 iterations on the membrane images
     (tests/helpers/membrane.py), trained once for the tests that bound ARM and INT8 results on
-    it (about two minutes); tests must not write into its folder."""
+    it (about two minutes, once for all the session's processes); tests must not write into its
+    folder."""
     from helpers.membrane import require_membrane, train_model
+    from helpers.shared import once
     require_membrane()
-    return train_model(str(tmp_path_factory.mktemp("membrane_model")))
+    return tuple(once("membrane_model", train_model))
 
 
 @pytest.fixture

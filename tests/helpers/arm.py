@@ -17,6 +17,7 @@ from PIL import Image
 
 from helpers import ROOT, missing
 from helpers.cpp import ANDROID_DIR, cmake_build
+from helpers.shared import once
 
 POISON_SOURCE = os.path.join(ROOT, "tests", "cpp", "poison_malloc.c")
 CROSS_CC = "aarch64-linux-gnu-gcc"
@@ -73,14 +74,18 @@ def demo():
     built runtime) under qemu; built once a session."""
     from mobileseg_paddle.deploy.lite import check
     arm = require_arm()
-    build = pathlib.Path(_scratch("mobileseg-lite-demo-arm-"))
     lite_dir = os.path.dirname(arm["runtime"]["include"])  # include/ and lib/
-    cmake_build(ANDROID_DIR, build, [
-        "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
-        f"-DCMAKE_CXX_COMPILER={shutil.which('aarch64-linux-gnu-g++')}",
-        f"-DPADDLE_LITE_DIR={lite_dir}"])
-    return (arm["qemu"], "-cpu", "max", "-L", check.AARCH64_SYSROOT,
-            str(build / "mobileseg_lite_demo"))
+
+    def build(folder):
+        cmake_build(ANDROID_DIR, pathlib.Path(folder), [
+            "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
+            f"-DCMAKE_CXX_COMPILER={shutil.which('aarch64-linux-gnu-g++')}",
+            f"-DPADDLE_LITE_DIR={lite_dir}"])
+        return os.path.join(folder, "mobileseg_lite_demo")
+
+    # the session's processes share one build (helpers/shared.py), keyed by the runtime it links
+    binary = once(f"lite-demo-arm-{arm['runtime']['key']}", build)
+    return (arm["qemu"], "-cpu", "max", "-L", check.AARCH64_SYSROOT, binary)
 
 
 def run_demo(model_dir, image, out_dir):
