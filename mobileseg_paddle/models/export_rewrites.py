@@ -26,9 +26,9 @@ Rewrites (``prepare_for_deploy``; each checked against dygraph in tests/deploy/t
 - Lite-HRNet's nearest upsamplings: gathers in the legacy programs of Paddle Inference's
   oneDNN and plain engines (``layers.resize_nearest``); ``F.interpolate`` for OpenVINO and Lite
   (``LiteHRNet.gather_nearest``), whose own nearest is exact, and in PIR traces (ONNX).
-- openvino: Lite-HRNet's channel shuffles on the channels-last view (``concat_shuffle``'s
-  ``channels_last``), which OpenVINO runs without converting each shuffled tensor's layout
-  (ShuffleNetV2's shuffles, at other channel counts, gained nothing and keep their form).
+- openvino: channel shuffles in the form OpenVINO fuses into its ShuffleChannels kernel
+  (``concat_shuffle``'s ``fusable``), which runs without converting the shuffled tensor's
+  layout.
 - lite: convs as Lite's ARM kernels need them (``ConvLite``): a bias without a BatchNorm after
   it as Paddle 2.x wrote it (Lite folds it into the conv); squeeze-excitation convs widened
   with zero weights around an FP16 kernel's over-read.
@@ -85,8 +85,8 @@ def prepare_for_deploy(model, target="paddle"):
             # exact; Lite's gather is an FP32 host kernel (precision conversions around it in
             # FP16 programs) where its nearest_interp_v2 runs on ARM kernels
             layer.gather_nearest = False
-        if target == "openvino" and hasattr(layer, "shuffle_channels_last"):
-            layer.shuffle_channels_last = True  # Lite-HRNet's shuffles: see concat_shuffle
+        if target == "openvino" and hasattr(layer, "shuffle_fusable"):
+            layer.shuffle_fusable = True  # channel shuffles: see concat_shuffle
         if target == "paddle":
             for name, sub in list(layer._sub_layers.items()):
                 if isinstance(sub, nn.AdaptiveAvgPool2D) and _binned(sub):

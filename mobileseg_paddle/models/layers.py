@@ -112,7 +112,7 @@ def spatial_size(x):
     return size if size is not None else paddle.shape(x)[2:]
 
 
-def concat_shuffle(parts, channels_last=False):
+def concat_shuffle(parts, fusable=False):
     """ShuffleNet's channel shuffle of ``paddle.concat(parts, axis=1)`` with ``len(parts)``
     groups, for parts of equal shape: output channel ``g * len(parts) + i`` is channel ``g`` of
     ``parts[i]``. At a fixed size (dygraph, fixed-size exports such as Lite's) the usual reshape
@@ -121,15 +121,17 @@ def concat_shuffle(parts, channels_last=False):
     from shape ops at every run). Lite's ARM kernels run the fixed form without precision
     conversions (its ``stack`` is an FP32 host kernel).
 
-    ``channels_last``: the shuffle done on the channels-last view, between transposes to NHWC
-    and back (reshapes that copy N, H and W from their input and infer the channels: no runtime
-    sizes). OpenVINO keeps convolution outputs channels-last; the other forms make it convert
-    each shuffled tensor to channels-first and back with a slow reorder, these transposes it
-    removes."""
-    if channels_last:
-        x = paddle.transpose(paddle.concat(parts, axis=1), [0, 2, 3, 1])
-        x = paddle.transpose(paddle.reshape(x, [0, 0, 0, len(parts), -1]), [0, 1, 2, 4, 3])
-        return paddle.transpose(paddle.reshape(x, [0, 0, 0, -1]), [0, 3, 1, 2])
+    ``fusable`` (OpenVINO's program): the reshape to (N, groups, C / groups, H * W), transpose,
+    reshape back, with H and W taken from the tensor's shape. OpenVINO compiles for the input's
+    size, folds those sizes and fuses the three ops into its ShuffleChannels kernel, which runs
+    on its blocked layout; the stack form (no fusion) and a shuffle on the channels-last view
+    (a reference transpose) made it convert layouts around every shuffle instead."""
+    if fusable:
+        x = paddle.concat(parts, axis=1)
+        size = paddle.shape(x)
+        h, w = size[2], size[3]
+        x = paddle.transpose(paddle.reshape(x, [0, len(parts), -1, h * w]), [0, 2, 1, 3])
+        return paddle.reshape(x, [0, -1, h, w])
     size = static_spatial_size(parts[0])
     if size is None:
         return paddle.flatten(paddle.stack(parts, axis=2), 1, 2)

@@ -84,30 +84,32 @@ def test_resize_nearest_traced_equals_interpolate(program, dynamic, sizes):
 
 
 class Shuffle(nn.Layer):
-    def __init__(self, channels_last=False):
+    def __init__(self, fusable=False):
         super().__init__()
-        self.channels_last = channels_last
+        self.fusable = fusable
 
     def forward(self, a, b):
-        return concat_shuffle([a, b], self.channels_last)
+        return concat_shuffle([a, b], self.fusable)
 
 
 @pytest.mark.parametrize("program", ["legacy", "pir"])
-@pytest.mark.parametrize("channels_last", [False, True], ids=["default", "channels_last"])
-def test_concat_shuffle_equals_channel_shuffle(program, channels_last):
+@pytest.mark.parametrize("fusable", [False, True], ids=["default", "fusable"])
+def test_concat_shuffle_equals_channel_shuffle(program, fusable):
     spec = [paddle.static.InputSpec([None, 5, None, None])] * 2
     with guard(program), legacy_tracing():
-        static = paddle.jit.to_static(Shuffle(channels_last), input_spec=spec, full_graph=True)
+        static = paddle.jit.to_static(Shuffle(fusable), input_spec=spec, full_graph=True)
         for shape in ([1, 5, 7, 9], [2, 5, 16, 33]):
             a, b = rand(shape, 1), rand(shape, 2)
             want = channel_shuffle(paddle.concat([a, b], axis=1), 2).numpy()
-            np.testing.assert_array_equal(concat_shuffle([a, b], channels_last).numpy(), want)
+            np.testing.assert_array_equal(concat_shuffle([a, b], fusable).numpy(), want)
             np.testing.assert_array_equal(static(a, b).numpy(), want)
-        if program == "legacy":  # no shape arithmetic
+        if program == "legacy":
             ops = legacy_ops(static)
-            assert ops == (["concat", "transpose2", "reshape2", "transpose2", "reshape2",
-                            "transpose2"] if channels_last
-                           else ["stack", "flatten_contiguous_range"]), ops
+            if fusable:  # the reshape-transpose-reshape OpenVINO fuses, sizes from the shape
+                assert [o for o in ops if o in ("concat", "reshape2", "transpose2")] == [
+                    "concat", "reshape2", "transpose2", "reshape2"], ops
+            else:  # no shape arithmetic
+                assert ops == ["stack", "flatten_contiguous_range"], ops
 
 
 def test_lite_hrnet_dynamic_legacy_program():
@@ -129,7 +131,7 @@ def test_lite_hrnet_dynamic_legacy_program():
     assert ops.count("gather") == 2 * 58
     assert ops.count("range") == 2 * 6  # branch pairs (3, 0) ... (1, 0)
 
-    # OpenVINO's program: the interpolations as they are, the channels-last shuffles
+    # OpenVINO's program: the interpolations as they are, the shuffles OpenVINO fuses
     openvino = prepare_for_deploy(net, target="openvino")
     with guard("legacy"), legacy_tracing():
         static = paddle.jit.to_static(openvino, input_spec=spec, full_graph=True)
@@ -138,4 +140,4 @@ def test_lite_hrnet_dynamic_legacy_program():
             np.testing.assert_allclose(o.numpy(), r.numpy(), rtol=1e-5, atol=1e-6)
         ops = legacy_ops(static)
     assert ops.count("nearest_interp_v2") == 74 and "gather" not in ops
-    assert "stack" not in ops and ops.count("transpose2") == 3 * 49  # stem + 48 block shuffles
+    assert "stack" not in ops and ops.count("transpose2") == 49  # stem + 48 block shuffles

@@ -87,12 +87,12 @@ class Stem(nn.Layer):
         self.expand_conv = conv_norm(half, channels, 1, act="relu", **norm)
         self.depthwise_conv = conv_norm(channels, channels, 3, 2, groups=channels, **norm)
         self.linear_conv = conv_norm(channels, half, 1, act="relu", **norm)
-        self.shuffle_channels_last = False  # set by prepare_for_deploy(model, "openvino")
+        self.shuffle_fusable = False  # set by prepare_for_deploy(model, "openvino")
 
     def forward(self, x):
         x1, x2 = paddle.chunk(self.conv1(x), 2, axis=1)
         x2 = self.linear_conv(self.depthwise_conv(self.expand_conv(x2)))
-        return concat_shuffle([self.branch1(x1), x2], self.shuffle_channels_last)
+        return concat_shuffle([self.branch1(x1), x2], self.shuffle_fusable)
 
 
 class CrossResolutionWeighting(nn.Layer):
@@ -176,13 +176,13 @@ class ConditionalChannelWeightingBlock(nn.Layer):
         self.depthwise_convs = nn.LayerList(
             [conv_norm(c, c, 3, groups=c, **norm) for c in halves])
         self.spatial_weighting = nn.LayerList([SpatialWeighting(c) for c in halves])
-        self.shuffle_channels_last = False  # set by prepare_for_deploy(model, "openvino")
+        self.shuffle_fusable = False  # set by prepare_for_deploy(model, "openvino")
 
     def forward(self, xs, up=None):
         halves = [paddle.chunk(x, 2, axis=1) for x in xs]
         x2 = self.cross_resolution_weighting([h[1] for h in halves], up)
         x2 = [sw(dw(x)) for x, dw, sw in zip(x2, self.depthwise_convs, self.spatial_weighting)]
-        return [concat_shuffle([h[0], b], self.shuffle_channels_last)
+        return [concat_shuffle([h[0], b], self.shuffle_fusable)
                 for h, b in zip(halves, x2)]
 
 
@@ -195,11 +195,11 @@ class ShuffleBlock(nn.Layer):
         self.branch2 = nn.Sequential(conv_norm(half, half, 1, act="relu", **norm),
                                      conv_norm(half, half, 3, groups=half, **norm),
                                      conv_norm(half, half, 1, act="relu", **norm))
-        self.shuffle_channels_last = False  # set by prepare_for_deploy(model, "openvino")
+        self.shuffle_fusable = False  # set by prepare_for_deploy(model, "openvino")
 
     def forward(self, x):
         x1, x2 = paddle.chunk(x, 2, axis=1)
-        return concat_shuffle([x1, self.branch2(x2)], self.shuffle_channels_last)
+        return concat_shuffle([x1, self.branch2(x2)], self.shuffle_fusable)
 
 
 class HRModule(nn.Layer):

@@ -40,11 +40,12 @@ class ShuffleUnit(nn.Layer):
         self._conv_pw = ConvBNAct(half, half, 1, act=act)
         self._conv_dw = ConvBNAct(half, half, 3, groups=half)
         self._conv_linear = ConvBNAct(half, half, 1, act=act)
+        self.shuffle_fusable = False  # set by prepare_for_deploy(model, "openvino")
 
     def forward(self, x):
         kept, x = paddle.split(x, 2, axis=1)
         x = self._conv_linear(self._conv_dw(self._conv_pw(x)))
-        return concat_shuffle([kept, x])
+        return concat_shuffle([kept, x], self.shuffle_fusable)
 
 
 class ShuffleDownUnit(nn.Layer):
@@ -61,11 +62,12 @@ class ShuffleDownUnit(nn.Layer):
         self._conv_pw_2 = ConvBNAct(in_channels, half, 1, act=act)
         self._conv_dw_2 = ConvBNAct(half, half, 3, stride=2, groups=half)
         self._conv_linear_2 = ConvBNAct(half, half, 1, act=act)
+        self.shuffle_fusable = False  # set by prepare_for_deploy(model, "openvino")
 
     def forward(self, x):
         x1 = self._conv_linear_1(self._conv_dw_1(x))
         x2 = self._conv_linear_2(self._conv_dw_2(self._conv_pw_2(x)))
-        return concat_shuffle([x1, x2])
+        return concat_shuffle([x1, x2], self.shuffle_fusable)
 
 
 class ShuffleNetV2(nn.Layer):
