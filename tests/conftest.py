@@ -22,8 +22,7 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     folder = getattr(config, "mobileseg_session_folder", None)
     if folder:
-        from helpers.shared import remove_session_folder
-        remove_session_folder(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ entry at once can read each other's half-written blob."""
 
 import json
 import os
-import shutil
 import tempfile
 
 from mobileseg_paddle.fslock import folder_lock
@@ -22,10 +21,6 @@ def make_session_folder():
     folder = tempfile.mkdtemp(prefix="mobileseg-tests-")
     os.environ[SHARED_ENV] = folder
     return folder
-
-
-def remove_session_folder(folder):
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def once(name, build):

@@ -152,6 +152,8 @@ export_program(model, sys.argv[3], [int(s) for s in sys.argv[4:]])
 """
 
 VOLATILE_ATTRS = {"op_callstack", "op_namescope", "op_device"}  # where the trace ran, not what
+
+
 def program_signature(path):
     """Every op of every block in order: type, attributes, and its inputs/outputs as variables
     renamed by first use, with their types and dims; and {name: that number}. Names carry
