@@ -19,7 +19,10 @@ a predictor of its own, compiled from the program with that input shape written 
 recently used goes first) and at most twice that many compilations per runner (sizes that keep
 changing do not recompile forever); the first run of a shape, every shape beyond those, and all
 shapes after a compilation failed run on the dynamic predictor. A compilation costs about as
-much as loading the model."""
+much as loading the model.
+
+OpenVINO writes a compiled model into its cache in place: predictors of one program are
+created one process at a time (``_compile_lock``)."""
 
 import collections
 import contextlib
@@ -36,6 +39,7 @@ from paddle.base import core
 from mobileseg_paddle import resources
 from mobileseg_paddle.deploy.runners import ModelFiles, Runner, cpu_count, resolve_options
 from mobileseg_paddle.errors import UserError, one_line
+from mobileseg_paddle.fslock import folder_lock
 
 TRT_PRECISIONS = {"fp32": "Float32", "fp16": "Half", "int8": "Int8"}  # -> pi.PrecisionType
 # the ops --precision bf16 runs in bfloat16 on oneDNN. Paddle's default (every op with a bf16
@@ -168,10 +172,31 @@ def _openvino_files(files, opts, input_shape=None):
             os.replace(tmp, path)  # atomic: another process may be staging the same program
             staged.append(path)
     except OSError as e:
-        raise UserError(f"--engine openvino: cannot write its cache folder {folder}: "
-                        f"{e.strerror or e} (set MOBILESEG_CACHE to a writable folder)"
-                        ) from None
+        raise _unwritable(folder, e) from None
     return staged
+
+
+def _unwritable(folder, e):
+    return UserError(f"--engine openvino: cannot write its cache folder {folder}: "
+                     f"{e.strerror or e} (set MOBILESEG_CACHE to a writable folder)")
+
+
+@contextlib.contextmanager
+def _compile_lock(files, opts):
+    """On OpenVINO, one process at a time creates a predictor of a program (``folder_lock`` on
+    its cache folder): OpenVINO writes a compiled model into the cache under its final name,
+    so a process reading the cache meanwhile could take a half-written one. The compilation
+    (or the read of the cached one) happens when the predictor is created."""
+    if opts.engine != "openvino":
+        yield
+        return
+    folder = os.path.join(_openvino_dir(files, opts), "compiled")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise _unwritable(folder, e) from None
+    with folder_lock(folder):
+        yield
 
 
 def _gpu(config, files, opts):
@@ -279,8 +304,9 @@ class _Predictor:
     def __init__(self, files, opts, input_shape=None):
         try:
             try:
-                self.predictor = _create_predictor(make_config(files, opts, None, input_shape),
-                                                   opts)
+                with _compile_lock(files, opts):
+                    self.predictor = _create_predictor(
+                        make_config(files, opts, None, input_shape), opts)
             except Exception as e:
                 if opts.precision != "int8" or "requant" not in str(e):
                     raise

@@ -103,6 +103,50 @@ def test_openvino_cache_stays_out_of_the_working_directory_and_the_export(
     assert os.path.samefile(staged / "model.pdmodel", os.path.join(folder, "model.openvino.pdmodel"))
 
 
+CREATE_RUNNER = """
+import sys
+from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
+from mobileseg_paddle.deploy import runners as R
+opts = R.PredictorOptions(engine="openvino", cpu_threads=1, openvino_cache_dir=sys.argv[2])
+print("ready", flush=True)
+R.create_runner(DeployConfig(sys.argv[1]), "paddle", opts)
+print("done", flush=True)
+"""
+
+
+def test_openvino_compiles_one_program_at_a_time(tmp_path):
+    """OpenVINO writes its compiled model into the cache under its final name: a second
+    process creating a predictor of the same program waits for the first (``_compile_lock``)
+    instead of reading a half-written file. Here the lock is held by the test: the other
+    process writes nothing and does not finish until it is released."""
+    import subprocess
+    import sys
+    import time
+
+    from mobileseg_paddle.fslock import folder_lock
+
+    deploy = DeployConfig(exports()["mobilenetv2"]["paddle"])
+    opts = R.resolve_options(deploy, R.PredictorOptions(engine="openvino",
+                                                        openvino_cache_dir=str(tmp_path)))
+    files = R.ModelFiles.of(deploy, "paddle", opts.program, opts.engine)
+    compiled = os.path.join(P._openvino_dir(files, opts), "compiled")
+    os.makedirs(compiled)
+    with folder_lock(compiled):
+        proc = subprocess.Popen([sys.executable, "-c", CREATE_RUNNER, deploy.path, str(tmp_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(5)  # a compilation of this model takes about a second
+            assert proc.poll() is None and os.listdir(compiled) == []
+        except BaseException:
+            proc.kill()
+            raise
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip() == "done"
+    assert [f for f in os.listdir(compiled) if f.endswith(".blob")]
+
+
 def test_openvino_configuration(tmp_path):
     deploy = DeployConfig(exports()["mobilenetv2"]["paddle"])
     cfg = P.make_config(deploy, R.PredictorOptions(engine="openvino", cpu_threads=2,
