@@ -242,11 +242,53 @@ def quantize_program(src_dir, dst_dir, batches, algo=DEFAULT_ALGO, model_filenam
                 batch_nums=len(batches), algo=algo, quantizable_op_type=list(QUANTIZABLE_OPS),
                 weight_quantize_type=WEIGHT_QUANTIZE, onnx_format=True)
             ptq.quantize()
+            ptq._fetch_list = _float_tail(ptq._program, ptq._fetch_list)
             if vector_scales:
                 _scales_as_vectors(scope)
             ptq.save_quantized_model(dst_dir, model_filename=model_filename,
                                      params_filename=params_filename)
     return dst_dir
+
+
+def _float_tail(program, fetch_list):
+    """Remove from ``program`` the quantize/dequantize pairs on activations that reach no
+    quantized op (``QUANTIZABLE_OPS``) downstream; returns ``fetch_list`` with the same
+    variables under their float names.
+
+    Paddle's calibration writes a pair on the output of every op it observes, so the logits
+    (the classifier conv's output, then the upsampled logits) were rounded to 8 bits, clipped
+    at their calibrated range, right before the argmax: classes tied or saturated there, and
+    oneDNN could write the classifier's output in int8. No int8 kernel reads these tensors;
+    the labels come from float logits now. The orphaned scales are pruned on saving."""
+    block = program.global_block()
+    ops = list(block.ops)
+    feeds_int8 = set()  # variables from which a quantized op is reachable
+    for op in reversed(ops):
+        outputs = {v for name in op.output_names for v in op.output(name)}
+        if op.type in QUANTIZABLE_OPS or outputs & feeds_int8:
+            feeds_int8.update(v for name in op.input_names for v in op.input(name))
+    source = {}  # quantize_linear's Y -> its float X (activations only: weights are int8)
+    for op in ops:
+        if op.type == "quantize_linear" and not block.var(op.input("X")[0]).persistable:
+            source[op.output("Y")[0]] = op.input("X")[0]
+    float_of = {}  # a dequantize_linear's Y reaching no quantized op -> the float variable
+    readers = {}  # quantize_linear's Y -> its dequantize_linear ops' Ys
+    for op in ops:
+        if op.type == "dequantize_linear" and op.input("X")[0] in source:
+            readers.setdefault(op.input("X")[0], []).append(op.output("Y")[0])
+            if op.output("Y")[0] not in feeds_int8:
+                float_of[op.output("Y")[0]] = source[op.input("X")[0]]
+    dropped = set(float_of) | {q for q, ys in readers.items() if all(y in float_of for y in ys)}
+    for i in reversed(range(len(ops))):
+        op = ops[i]
+        if op.type in QUANT_OPS and op.output("Y")[0] in dropped:
+            block._remove_op(i)
+            continue
+        for name in op.input_names:
+            for v in op.input(name):
+                if v in float_of:
+                    op._rename_input(v, float_of[v])
+    return [block.var(float_of.get(v.name, v.name)) for v in fetch_list]
 
 
 def _scales_as_vectors(scope):

@@ -29,15 +29,11 @@ from mobileseg_paddle.deploy.runners import PredictorOptions, create_runner
 SIZE = 96  # images of the tiny dataset
 # measured on three random models of this kind, three algos, both formats: logit error
 # 0.015-0.032 of the largest logit, label agreement 0.970-0.998 (a random network's logits are
-# close; the trained membrane model agrees on 99.4-99.5%, see the README)
+# close; the trained membrane model agrees on 99.4-99.5%, see the README). OpenVINO's int8 run:
+# 0.030-0.043, and 0.072-0.084 on the first image when that ran on the dynamic-size program
+# (the runner now compiles an INT8 program for each size from its first run).
 MIN_AGREEMENT = 0.95
 MAX_LOGIT_ERR = 0.06
-# OpenVINO's int8 run departs further: 0.033-0.074 of the largest logit from FP32 on this
-# model's 3 images (oneDNN's 0.019-0.024), and 0.03-0.077 from the quantized program run in
-# float (Paddle's plain kernels simulating the quantize/dequantize pairs; oneDNN's 0.021-0.028),
-# although both engines' programs quantize alike (in float they agree exactly). On the trained
-# models both keep FP32's mIoU within a point (see the README).
-MAX_LOGIT_ERR_OPENVINO = 0.12
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +103,9 @@ def test_int8_export_agrees_with_fp32(case, exports, fmt, engine, tmp_path):
         assert a.shape == b.shape == (1, 4, SIZE, SIZE)
         assert np.abs(a).mean() > 0.1  # real magnitudes, not a dead network
         assert not np.array_equal(a, b)  # it really ran in int8
-        assert max_rel_err(b, a) < (MAX_LOGIT_ERR_OPENVINO if engine == "openvino"
-                                    else MAX_LOGIT_ERR)
+        assert max_rel_err(b, a) < MAX_LOGIT_ERR
+        if engine == "openvino":  # compiled for the size from the first run on
+            assert q.current is not q.dynamic
         assert (a.argmax(1) == b.argmax(1)).mean() >= MIN_AGREEMENT
 
 
@@ -139,6 +136,80 @@ def test_openvino_int8_scales_are_vectors(exports):
     assert sum(len(s) == 0 for s in shapes["legacy"].values()) >= 20
     assert not [n for n, s in shapes["openvino"].items() if len(s) == 0]
     assert sum(s == (1,) for s in shapes["openvino"].values()) >= 20
+
+
+def _producers(program):
+    """{variable: the op writing it} of a legacy program's first block."""
+    return {a: op for op in program.blocks[0].ops for o in op.outputs for a in o.arguments}
+
+
+@pytest.mark.parametrize("program", ["legacy", "openvino"])
+def test_int8_logits_stay_float(exports, program):
+    """Between the classifier conv and the output (upsampling, here no argmax) no
+    quantize/dequantize pair is left (``quant._float_tail``), while the convs' inputs keep
+    theirs: no int8 kernel reads the logits, and rounding them to 8 bits tied classes."""
+    int8 = DeployConfig(exports["int8_paddle"])
+    prog = read_program(int8.file(program))
+    made_by = _producers(prog)
+    fetch = next(op for op in prog.blocks[0].ops if op.type == "fetch")
+    var, chain = fetch.inputs[0].arguments[0], []
+    while made_by[var].type not in ("conv2d", "depthwise_conv2d"):
+        op = made_by[var]
+        chain.append(op.type)
+        var = next(a for i in op.inputs if i.parameter == "X" for a in i.arguments)
+    assert chain == ["bilinear_interp_v2"]
+    classifier = made_by[var]
+    conv_input = next(a for i in classifier.inputs if i.parameter == "Input" for a in i.arguments)
+    assert made_by[conv_input].type == "dequantize_linear"
+    # every quantize_linear left is read (through its dequantize) by a quantizable op or an
+    # op on the way to one: none reads a variable only the output depends on
+    readers = {}
+    for op in prog.blocks[0].ops:
+        for i in op.inputs:
+            for a in i.arguments:
+                readers.setdefault(a, []).append(op.type)
+    assert sum(op.type == "quantize_linear" for op in prog.blocks[0].ops) >= 20
+    assert all(readers.get(a) for op in prog.blocks[0].ops if op.type == "quantize_linear"
+               for o in op.outputs for a in o.arguments)
+
+
+def test_float_tail_keeps_pairs_that_reach_a_quantized_op():
+    """``_float_tail`` on a hand-built program: conv -> QDQ -> pool -> QDQ -> conv -> QDQ ->
+    interp -> fetch keeps the first two pairs (a conv reads them, through the pooling) and
+    removes the last, renaming the fetched variable."""
+    with Q._legacy_static():
+        main = paddle.static.Program()
+        with paddle.static.program_guard(main, paddle.static.Program()):
+            x = paddle.static.data("x", [1, 4, 8, 8], "float32")
+            block = main.global_block()
+
+            def qdq(v):
+                scale = block.create_var(name=v.name + "@scale", shape=[1], dtype="float32",
+                                         persistable=True)
+                zero = block.create_var(name=v.name + "@zero", shape=[1], dtype="float32",
+                                        persistable=True)
+                q = block.create_var(name=v.name + ".quantized", shape=v.shape, dtype=v.dtype)
+                d = block.create_var(name=v.name + ".quantized.dequantized", shape=v.shape,
+                                     dtype=v.dtype)
+                for kind, src, dst in (("quantize_linear", v, q), ("dequantize_linear", q, d)):
+                    block.append_op(type=kind, inputs={"X": src, "Scale": scale,
+                                                       "ZeroPoint": zero},
+                                    outputs={"Y": dst}, attrs={"quant_axis": -1, "bit_length": 8})
+                return d
+
+            w = paddle.static.create_parameter([4, 4, 1, 1], "float32")
+            h = paddle.nn.functional.conv2d(qdq(x), w)
+            h = paddle.nn.functional.max_pool2d(qdq(h), 2)
+            h = paddle.nn.functional.conv2d(qdq(h), w)
+            out = paddle.nn.functional.interpolate(qdq(h), scale_factor=2.0, mode="bilinear")
+            fetch = [qdq(out)]
+        names = [v.name for v in fetch]
+        fetch = Q._float_tail(main, fetch)
+        ops = [op.type for op in main.global_block().ops]
+    assert ops.count("quantize_linear") == ops.count("dequantize_linear") == 3
+    assert ops[-1] == "bilinear_interp_v2" and "dequantize_linear" not in ops[ops.index(
+        "conv2d", ops.index("pool2d")):]
+    assert names[0].endswith(".quantized.dequantized") and fetch[0].name == out.name
 
 
 def _ops_and_params(folder):

@@ -19,7 +19,8 @@ a predictor of its own, compiled from the program with that input shape written 
 recently used goes first) and at most twice that many compilations per runner (sizes that keep
 changing do not recompile forever); the first run of a shape, every shape beyond those, and all
 shapes after a compilation failed run on the dynamic predictor. A compilation costs about as
-much as loading the model.
+much as loading the model. An INT8 export compiles for every shape from its first run on (no
+limit): OpenVINO's run of the dynamic INT8 program departs from FP32 several times further.
 
 OpenVINO writes a compiled model into its cache in place: predictors of one program are
 created one process at a time (``_compile_lock``)."""
@@ -337,16 +338,20 @@ class PaddleInferenceRunner(Runner):
         self.dynamic = self.current = _Predictor(files, opts)
         self.fixed = collections.OrderedDict()  # input shape -> its _Predictor, oldest first
         self._seen = set()  # input shapes run once on the dynamic predictor
-        self._compilations_left = (2 * opts.openvino_fixed_shapes if opts.engine == "openvino"
-                                   and files.dynamic_shape else 0)
+        openvino = opts.engine == "openvino" and files.dynamic_shape
+        self._compilations_left = 2 * opts.openvino_fixed_shapes if openvino else 0
+        # an INT8 program of dynamic size runs on OpenVINO far from FP32 (its graph keeps
+        # FakeQuantize and int8 Eltwise nodes the one compiled for the size fuses; README):
+        # every size is compiled for from its first run
+        self._always_fixed = openvino and opts.precision == "int8"
 
     def _predictor_for(self, shape):
         if shape in self.fixed:
             self.fixed.move_to_end(shape)
             return self.fixed[shape]
-        if self._compilations_left <= 0:
+        if self._compilations_left <= 0 and not self._always_fixed:
             return self.dynamic
-        if shape not in self._seen:
+        if shape not in self._seen and not self._always_fixed:
             self._seen.add(shape)
             return self.dynamic
         self._compilations_left -= 1
@@ -355,9 +360,9 @@ class PaddleInferenceRunner(Runner):
         except UserError as e:  # the dynamic program still serves every size
             print(f"note: --engine openvino: no program compiled for input "
                   f"{'x'.join(map(str, shape))}, the dynamic one runs it: {e}", file=sys.stderr)
-            self._compilations_left = 0
+            self._compilations_left, self._always_fixed = 0, False
             return self.dynamic
-        while len(self.fixed) > self.opts.openvino_fixed_shapes:
+        while len(self.fixed) > max(self.opts.openvino_fixed_shapes, int(self._always_fixed)):
             self.fixed.popitem(last=False)
         return self.fixed[shape]
 
