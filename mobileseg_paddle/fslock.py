@@ -12,14 +12,20 @@ except ImportError:  # Windows
 
 
 @contextlib.contextmanager
-def folder_lock(folder):
-    """Hold an exclusive lock on ``folder`` (which must exist) for the ``with`` block."""
+def folder_lock(folder, wait=True):
+    """Hold an exclusive lock on ``folder`` (which must exist) for the ``with`` block, which
+    gets True; with ``wait=False``, a lock another process holds is not waited for: the block
+    gets False."""
     if fcntl is None:
-        yield
+        yield True
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)  # releases the lock

@@ -23,7 +23,8 @@ much as loading the model. An INT8 export compiles for every shape from its firs
 limit): OpenVINO's run of the dynamic INT8 program departs from FP32 several times further.
 
 OpenVINO writes a compiled model into its cache in place: predictors of one program are
-created one process at a time (``_compile_lock``)."""
+created one process at a time (``_compile_lock``). The cache folders of deleted exports are
+removed when an OpenVINO runner starts (``prune_openvino_cache``)."""
 
 import collections
 import contextlib
@@ -200,6 +201,29 @@ def _compile_lock(files, opts):
         yield
 
 
+def prune_openvino_cache(root):
+    """Remove the cache folders under ``root`` of programs that no longer exist (an export
+    deleted or moved since: the staged parameters link dangles), which would otherwise stay
+    forever. A program being compiled (its folder's lock held) is left alone."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        entry = os.path.join(root, name)
+        params = os.path.join(entry, "model.pdiparams")
+        if not os.path.islink(params) or os.path.exists(params):
+            continue
+        base = os.path.join(root, name.split("-")[0])  # a size's folder: its program's lock
+        compiled = os.path.join(base, "compiled")
+        try:
+            with folder_lock(compiled if os.path.isdir(compiled) else base, wait=False) as mine:
+                if mine and not os.path.exists(params):
+                    shutil.rmtree(entry, ignore_errors=True)
+        except OSError:  # removed meanwhile by another process
+            continue
+
+
 def _gpu(config, files, opts):
     config.enable_use_gpu(opts.gpu_mem_mb, opts.gpu_id)
 
@@ -335,6 +359,8 @@ class PaddleInferenceRunner(Runner):
 
     def __init__(self, files, opts):
         self.files, self.opts = files, opts
+        if opts.engine == "openvino":
+            prune_openvino_cache(opts.openvino_cache_dir or resources.cache_dir("openvino"))
         self.dynamic = self.current = _Predictor(files, opts)
         self.fixed = collections.OrderedDict()  # input shape -> its _Predictor, oldest first
         self._seen = set()  # input shapes run once on the dynamic predictor

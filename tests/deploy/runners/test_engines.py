@@ -147,6 +147,43 @@ def test_openvino_compiles_one_program_at_a_time(tmp_path):
     assert [f for f in os.listdir(compiled) if f.endswith(".blob")]
 
 
+def test_openvino_cache_of_a_deleted_export_is_removed(tmp_path):
+    """``prune_openvino_cache`` (run when an OpenVINO runner starts) removes the folders whose
+    staged parameters link dangles, the program's and its sizes', except a program another
+    process is compiling; it keeps live links and copies."""
+    from mobileseg_paddle.fslock import folder_lock
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.pdiparams").write_bytes(b"params")
+    root = tmp_path / "cache"
+
+    def entry(name, target, copy=False):
+        folder = root / name
+        (folder / "compiled").mkdir(parents=True)
+        (folder / "compiled" / "1.blob").write_bytes(b"blob")
+        if copy:
+            (folder / "model.pdiparams").write_bytes(b"params")
+        else:
+            os.symlink(target, folder / "model.pdiparams")
+        return folder
+
+    live = entry("aaaa", export / "model.pdiparams")
+    gone = entry("bbbb", tmp_path / "deleted" / "model.pdiparams")
+    gone_size = entry("bbbb-1x3x64x64", tmp_path / "deleted" / "model.pdiparams")
+    busy = entry("cccc", tmp_path / "deleted" / "model.pdiparams")
+    copied = entry("dddd", None, copy=True)
+    (root / "stray.txt").write_text("not a folder")
+    with folder_lock(busy / "compiled"):
+        P.prune_openvino_cache(str(root))
+    assert sorted(os.listdir(root)) == ["aaaa", "cccc", "dddd", "stray.txt"]
+    assert os.listdir(live / "compiled") == ["1.blob"] and not gone.exists()
+    assert not gone_size.exists() and copied.exists()
+    P.prune_openvino_cache(str(root))  # no longer being compiled
+    assert sorted(os.listdir(root)) == ["aaaa", "dddd", "stray.txt"]
+    P.prune_openvino_cache(str(tmp_path / "missing"))  # no cache yet: nothing to do
+
+
 def test_openvino_configuration(tmp_path):
     deploy = DeployConfig(exports()["mobilenetv2"]["paddle"])
     cfg = P.make_config(deploy, R.PredictorOptions(engine="openvino", cpu_threads=2,
