@@ -2,6 +2,7 @@
 picks the gloo backend without GPUs) running the same ``mobileseg train`` entry."""
 
 import os
+import random
 import re
 import signal
 import socket
@@ -16,6 +17,9 @@ import pytest
 from helpers.train_helpers import ROOT, config_dict, make_data, write_config
 
 pytestmark = pytest.mark.slow  # trains, traces or exports real models
+# the ports paddle.distributed.launch picks for the workers' TCP store (its default,
+# 35100-64000, overlaps the ephemeral range: see _free_port)
+LAUNCH_PORTS = {"PORT_RANGE": "20000:32000"}
 
 
 def test_two_processes_train_in_step(tmp_path):
@@ -27,7 +31,8 @@ def test_two_processes_train_in_step(tmp_path):
         [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
          "--log_dir", str(log_dir), entry, "train", "--config", cfg, "--device", "cpu",
          "--save_dir", str(save_dir), "--save_interval", "6", "--log_iters", "2"],
-        capture_output=True, text=True, timeout=240)
+        capture_output=True, text=True, timeout=240,
+        env=dict(os.environ, **LAUNCH_PORTS))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     for rank in (0, 1):
@@ -58,9 +63,21 @@ NODE_DEATH_LIMIT = 60  # seconds the surviving node may take to exit
 
 
 def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range. A client that retries connect() to a local port
+    of that range until the server listens can connect to itself, when the kernel picks the
+    same number as its source port: that is how a run failed once (Paddle's TCP store: worker 1
+    "connected" before worker 0 listened, then "Stop_waiting response is expected", and worker
+    0 could not bind the port)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        first_ephemeral = int(f.read().split()[0])
+    for port in random.sample(range(10000, first_ephemeral), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 10000-{first_ephemeral - 1}")
 
 
 class TwoNodes:
@@ -69,6 +86,7 @@ class TwoNodes:
 
     def __init__(self, tmp, name, train_args, env=None):
         port = _free_port()
+        env = dict(env or {}, **LAUNCH_PORTS)
         self.log_dirs = [tmp / f"{name}-node{r}" for r in (0, 1)]
         self.procs = []
         for rank in (0, 1):
