@@ -255,11 +255,11 @@ def _float_tail(program, fetch_list):
     quantized op (``QUANTIZABLE_OPS``) downstream; returns ``fetch_list`` with the same
     variables under their float names.
 
-    Paddle's calibration writes a pair on the output of every op it observes, so the logits
-    (the classifier conv's output, then the upsampled logits) were rounded to 8 bits, clipped
-    at their calibrated range, right before the argmax: classes tied or saturated there, and
-    oneDNN could write the classifier's output in int8. No int8 kernel reads these tensors;
-    the labels come from float logits now. The orphaned scales are pruned on saving."""
+    Paddle's calibration writes a pair on the output of every op it observes, the logits
+    included (the classifier conv's output, then the upsampled logits): rounded to 8 bits and
+    clipped to their calibrated range right before the argmax, classes could tie or saturate.
+    No int8 kernel reads these tensors, so the labels come from float logits, as in FP32. The
+    orphaned scales are pruned on saving."""
     block = program.global_block()
     ops = list(block.ops)
     feeds_int8 = set()  # variables from which a quantized op is reachable
