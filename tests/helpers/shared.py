@@ -3,9 +3,9 @@
 builds it in a folder that the controller made for the session (tests/conftest.py), under a
 lock; the others wait for it and read its result back. Without xdist the one process builds it.
 
-Only for results that are plain files, nothing a worker changes afterwards: exports that the
-runners compile with OpenVINO stay per worker, since two processes filling one OpenVINO cache
-entry at once can read each other's half-written blob."""
+Only for results that are plain files, nothing a worker changes afterwards. (The five models'
+exports are still built per worker; since the runner's compile lock, a shared OpenVINO cache
+entry would be safe.)"""
 
 import json
 import os

@@ -136,15 +136,24 @@ def _openvino(config, files, opts):
                         "or plain")
     _cpu(config, opts)
     config.disable_mkldnn()
-    config.set_optim_cache_dir(os.path.join(_openvino_dir(files, opts), "compiled"))
+    config.set_optim_cache_dir(_compiled_dir(files, opts))
     config.enable_openvino_engine(pi.PrecisionType.Float32)
+
+
+def _openvino_root(opts):
+    return opts.openvino_cache_dir or resources.cache_dir("openvino")
+
+
+def _compiled_dir(files, opts):
+    """Where OpenVINO caches the compiled models of a program (every input size's)."""
+    return os.path.join(_openvino_dir(files, opts), "compiled")
 
 
 def _openvino_dir(files, opts, input_shape=None):
     """The cache folder of one program: under ``opts.openvino_cache_dir`` (or this user's
     ``resources.cache_dir("openvino")``), named after the program's path (and the input
     shape it is compiled for)."""
-    root = opts.openvino_cache_dir or resources.cache_dir("openvino")
+    root = _openvino_root(opts)
     key = hashlib.sha1(os.path.realpath(files.program).encode("utf-8", "surrogateescape"))
     name = key.hexdigest()[:16]
     if input_shape is not None:
@@ -192,7 +201,7 @@ def _compile_lock(files, opts):
     if opts.engine != "openvino":
         yield
         return
-    folder = os.path.join(_openvino_dir(files, opts), "compiled")
+    folder = _compiled_dir(files, opts)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -360,7 +369,7 @@ class PaddleInferenceRunner(Runner):
     def __init__(self, files, opts):
         self.files, self.opts = files, opts
         if opts.engine == "openvino":
-            prune_openvino_cache(opts.openvino_cache_dir or resources.cache_dir("openvino"))
+            prune_openvino_cache(_openvino_root(opts))
         self.dynamic = self.current = _Predictor(files, opts)
         self.fixed = collections.OrderedDict()  # input shape -> its _Predictor, oldest first
         self._seen = set()  # input shapes run once on the dynamic predictor

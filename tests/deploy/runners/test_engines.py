@@ -129,7 +129,7 @@ def test_openvino_compiles_one_program_at_a_time(tmp_path):
     opts = R.resolve_options(deploy, R.PredictorOptions(engine="openvino",
                                                         openvino_cache_dir=str(tmp_path)))
     files = R.ModelFiles.of(deploy, "paddle", opts.program, opts.engine)
-    compiled = os.path.join(P._openvino_dir(files, opts), "compiled")
+    compiled = P._compiled_dir(files, opts)
     os.makedirs(compiled)
     with folder_lock(compiled):
         proc = subprocess.Popen([sys.executable, "-c", CREATE_RUNNER, deploy.path, str(tmp_path)],
