@@ -115,6 +115,11 @@ def _onednn(config, files, opts):
         if not core.supports_bfloat16():
             raise UserError("--precision bf16: this CPU has no bfloat16 support for oneDNN "
                             "(AVX512-BF16 or AMX); use fp32")
+        if not core.supports_bfloat16_fast_performance():
+            # AVX-512 without AVX512-BF16: oneDNN emulates bfloat16, several times slower than
+            # fp32 (README), but with bfloat16's numerics: run it, and say so
+            print("note: --precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or "
+                  "AMX); oneDNN emulates it, slower than fp32", file=sys.stderr)
         config.enable_mkldnn_bfloat16()
         config.set_bfloat16_op(set(BF16_OPS))
     if files.program_kind == "pir" and opts.onednn_pir_fallback:

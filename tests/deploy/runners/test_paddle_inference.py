@@ -87,9 +87,10 @@ def test_openvino_runs_on_when_a_size_cannot_be_compiled(dygraph_case, tmp_path,
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_bf16_on_onednn_stays_near_dygraph(name, dygraph_case):
+def test_bf16_on_onednn_stays_near_dygraph(name, dygraph_case, capfd):
     """``--precision bf16``: the ops of ``BF16_OPS`` in bfloat16 (Paddle's default set fails on
-    Lite-HRNet-18), both sizes in one predictor. Refused where the CPU has no bfloat16."""
+    Lite-HRNet-18), both sizes in one predictor. Refused where the CPU has no bfloat16; a note
+    where oneDNN emulates it (AVX-512 without AVX512-BF16 or AMX)."""
     deploy = DeployConfig(exports()[name]["paddle"])
     opts = R.PredictorOptions(engine="onednn", precision="bf16")
     if not core.supports_bfloat16():
@@ -102,6 +103,8 @@ def test_bf16_on_onednn_stays_near_dygraph(name, dygraph_case):
             err = max_rel_err(out, ref)
             assert 1e-4 < err < 0.05, f"{name} bf16 {size}: relative error {err:.2e}"
             assert (out.argmax(1) == ref.argmax(1)).mean() > 0.97
+    emulated = "note: --precision bf16: this CPU has no native bfloat16" in capfd.readouterr().err
+    assert emulated == (not core.supports_bfloat16_fast_performance())
 
 
 def test_pir_program_matches_dygraph(dygraph_case):
