@@ -252,7 +252,7 @@ def quantize_program(src_dir, dst_dir, batches, algo=DEFAULT_ALGO, model_filenam
 
 def _float_tail(program, fetch_list):
     """Remove from ``program`` the quantize/dequantize pairs on activations that reach no
-    quantized op (``QUANTIZABLE_OPS``) downstream; returns ``fetch_list`` with the same
+    quantized op (one of ``QUANTIZABLE_OPS`` with weights) downstream; returns ``fetch_list`` with the same
     variables under their float names.
 
     Paddle's calibration writes a pair on the output of every op it observes, the logits
@@ -262,11 +262,18 @@ def _float_tail(program, fetch_list):
     orphaned scales are pruned on saving."""
     block = program.global_block()
     ops = list(block.ops)
+    # a quantized op is one of QUANTIZABLE_OPS with weights (a product of two activations,
+    # such as the dense upsampling of OpenVINO's program, is left in float)
+    weights = {v.name for v in program.list_vars() if v.persistable}
+    for op in ops:  # a weight's own quantize/dequantize pair
+        if op.type in QUANT_OPS and op.input("X")[0] in weights:
+            weights.add(op.output("Y")[0])
     feeds_int8 = set()  # variables from which a quantized op is reachable
     for op in reversed(ops):
+        inputs = {v for name in op.input_names for v in op.input(name)}
         outputs = {v for name in op.output_names for v in op.output(name)}
-        if op.type in QUANTIZABLE_OPS or outputs & feeds_int8:
-            feeds_int8.update(v for name in op.input_names for v in op.input(name))
+        if (op.type in QUANTIZABLE_OPS and inputs & weights) or outputs & feeds_int8:
+            feeds_int8.update(inputs)
     source = {}  # quantize_linear's Y -> its float X (activations only: weights are int8)
     for op in ops:
         if op.type == "quantize_linear" and not block.var(op.input("X")[0]).persistable:

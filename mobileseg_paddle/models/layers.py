@@ -214,3 +214,40 @@ def resize_nearest(x, size, index=None):
 def resize_to(x, ref, mode="bilinear"):
     """Resize ``x`` to the spatial size of ``ref`` (align_corners=False, as paddleseg)."""
     return F.interpolate(x, spatial_size(ref), mode=mode, align_corners=False)
+
+
+# logit cells (h * w) up to which ``upsample_logits`` multiplies by the interpolation matrices
+DENSE_UPSAMPLE_CELLS = 48 * 48
+
+
+def bilinear_weights(n_in, n_out):
+    """The (n_out, n_in) matrix of Paddle's bilinear interpolation along one axis
+    (align_corners=False, half-pixel centres): row k holds output k's two weights, the source
+    position computed in float32 as Paddle's kernel does and clamped to [0, n_in - 1]. Sizes
+    are Python ints or int32 tensors (then it is computed in the program)."""
+    n_in, n_out = (paddle.full([], v, "float32") if isinstance(v, int)
+                   else paddle.cast(v, "float32") for v in (n_in, n_out))
+    ratio = n_in / n_out
+    src = paddle.clip((paddle.arange(0, n_out, 1, dtype="float32") + 0.5) * ratio - 0.5, min=0.0)
+    src = paddle.minimum(src, n_in - 1.0)
+    i = paddle.arange(0, n_in, 1, dtype="float32")
+    return F.relu(1.0 - paddle.abs(paddle.unsqueeze(src, 1) - paddle.unsqueeze(i, 0)))
+
+
+def upsample_logits(x, ref):
+    """``resize_to(x, ref)`` (bilinear) for OpenVINO's program. For small logits (h * w <=
+    ``DENSE_UPSAMPLE_CELLS``) as two products with ``bilinear_weights`` (the width first):
+    OpenVINO's Interpolate and the TopK after it on its output were up to 3x slower there
+    (README); the dense matrices' work grows with the logits' size, so larger logits keep the
+    interpolation. In a dynamic-size program both forms are written and ``paddle.where``
+    picks one: OpenVINO, compiling for the input size, folds the choice and drops the other
+    form; the runner strips the dense form from the program it runs at any size."""
+    size, in_size = spatial_size(ref), spatial_size(x)
+    interpolated = F.interpolate(x, size, mode="bilinear", align_corners=False)
+    if isinstance(in_size, list) and in_size[0] * in_size[1] > DENSE_UPSAMPLE_CELLS:
+        return interpolated
+    rows, cols = (bilinear_weights(i, o) for i, o in zip(in_size, size))
+    dense = paddle.matmul(rows, paddle.matmul(x, cols, transpose_y=True))
+    if isinstance(in_size, list):
+        return dense
+    return paddle.where(in_size[0] * in_size[1] <= DENSE_UPSAMPLE_CELLS, dense, interpolated)

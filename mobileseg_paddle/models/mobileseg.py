@@ -19,7 +19,7 @@ Unlike it, nothing in ``forward`` asserts or branches on tensor shapes, so the m
 import paddle
 import paddle.nn as nn
 
-from .layers import ConvBNAct, ConvBNReLU, SeparableConvBNReLU, resize_to
+from .layers import ConvBNAct, ConvBNReLU, SeparableConvBNReLU, resize_to, upsample_logits
 
 __all__ = ["MobileSeg"]  # the one model; the rest are its parts
 
@@ -74,6 +74,7 @@ class MobileSeg(nn.Layer):
             SegHead(in_ch, mid_ch, num_classes)
             for in_ch, mid_ch in zip(arm_out_chs, seg_head_inter_chs)
         ])
+        self.dense_upsample = False  # OpenVINO's program: see layers.upsample_logits
         self.pretrained = pretrained
         if pretrained is not None:
             from ..checkpoint import load_pretrained
@@ -84,7 +85,8 @@ class MobileSeg(nn.Layer):
         feats = [feats[i] for i in self.backbone_indices]
         feats = self.ppseg_head(feats)  # shallow to deep
         n_heads = len(self.seg_heads) if self.training else 1
-        return [resize_to(self.seg_heads[i](feats[i]), x) for i in range(n_heads)]
+        upsample = upsample_logits if self.dense_upsample else resize_to
+        return [upsample(self.seg_heads[i](feats[i]), x) for i in range(n_heads)]
 
 
 def _per_stage(name, values, n):

@@ -152,15 +152,28 @@ def test_int8_logits_stay_float(exports, program):
     prog = read_program(int8.file(program))
     made_by = _producers(prog)
     fetch = next(op for op in prog.blocks[0].ops if op.type == "fetch")
-    var, chain = fetch.inputs[0].arguments[0], []
-    while made_by[var].type not in ("conv2d", "depthwise_conv2d"):
+    tail, classifiers, stack, seen = set(), [], [fetch.inputs[0].arguments[0]], set()
+    while stack:  # every op the output depends on, back to the convs
+        var = stack.pop()
+        if var in seen or var not in made_by:
+            continue
+        seen.add(var)
         op = made_by[var]
-        chain.append(op.type)
-        var = next(a for i in op.inputs if i.parameter == "X" for a in i.arguments)
-    assert chain == ["bilinear_interp_v2"]
-    classifier = made_by[var]
-    conv_input = next(a for i in classifier.inputs if i.parameter == "Input" for a in i.arguments)
-    assert made_by[conv_input].type == "dequantize_linear"
+        if op.type in ("conv2d", "depthwise_conv2d"):
+            classifiers.append(op)
+            continue
+        tail.add(op.type)
+        stack.extend(a for i in op.inputs for a in i.arguments)
+    assert not tail & set(Q.QUANT_OPS), tail
+    # OpenVINO's program also has the dense form of the upsampling (layers.upsample_logits)
+    assert {"bilinear_interp_v2", "matmul_v2", "where"} & tail == (
+        {"bilinear_interp_v2"} if program == "legacy" else {"bilinear_interp_v2", "matmul_v2",
+                                                             "where"})
+    assert classifiers
+    for classifier in classifiers:
+        conv_input = next(a for i in classifier.inputs if i.parameter == "Input"
+                          for a in i.arguments)
+        assert made_by[conv_input].type == "dequantize_linear"
     # every quantize_linear left is read (through its dequantize) by a quantizable op or an
     # op on the way to one: none reads a variable only the output depends on
     readers = {}
@@ -416,9 +429,13 @@ def test_tensorrt_and_onednn_configuration_of_an_int8_export(exports, tmp_path):
                                               openvino_cache_dir=str(tmp_path)), RecordingConfig)
     (args, _), = ov.called("enable_openvino_engine")
     assert args == (pi.PrecisionType.Float32,) and not ov.called("enable_mkldnn_int8")
-    (staged, _), = ov.called("__init__")  # links in OpenVINO's cache folder
-    assert [os.path.realpath(a) for a in staged] == [
-        os.path.realpath(int8.file(k)) for k in ("openvino", "openvino_params")]
+    (staged, _), = ov.called("__init__")  # in OpenVINO's cache folder: the parameters linked,
+    # the program a copy without the dense upsampling (interpolated_tail)
+    assert os.path.realpath(staged[1]) == os.path.realpath(int8.file("openvino_params"))
+    with open(int8.file("openvino"), "rb") as f:
+        program = f.read()
+    with open(staged[0], "rb") as f:
+        assert f.read() == P.interpolated_tail(program) != program
     fp32 = DeployConfig(exports["fp32_paddle"])
     bf16 = P.make_config(fp32, PredictorOptions(precision="bf16"), RecordingConfig)
     assert bf16.called("enable_mkldnn_bfloat16") and not bf16.called("enable_mkldnn_int8")

@@ -169,7 +169,8 @@ def _openvino_dir(files, opts, input_shape=None):
 def _openvino_files(files, opts, input_shape=None):
     """(program, params) paths for OpenVINO: the export's files under the names its Paddle
     frontend pairs (``model.pdmodel``, ``model.pdiparams``), as links in the cache folder; with
-    ``input_shape``, the program is a copy with that input shape written in."""
+    ``input_shape``, the program is a copy with that input shape written in, without it a copy
+    without the dense upsampling where the program has one (``interpolated_tail``)."""
     folder = _openvino_dir(files, opts, input_shape)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -177,9 +178,13 @@ def _openvino_files(files, opts, input_shape=None):
         for source, name in ((files.program, "model.pdmodel"), (files.params, "model.pdiparams")):
             path = os.path.join(folder, name)
             tmp = f"{path}.tmp{os.getpid()}"
-            if input_shape is not None and name == "model.pdmodel":
+            original = program = _read(source) if name == "model.pdmodel" else None
+            if program is not None:
+                program = fix_input_shape(program, input_shape) if input_shape is not None \
+                    else interpolated_tail(program)
+            if program is not original:
                 with open(tmp, "wb") as f:
-                    f.write(fix_input_shape(_read(source), input_shape))
+                    f.write(program)
             else:
                 try:
                     os.symlink(os.path.realpath(source), tmp)
@@ -288,6 +293,44 @@ def fix_input_shape(program_bytes, shape):
         if op.type() == "feed":
             block.var(op.output("Out")[0].encode()).set_shape([int(v) for v in shape])
     return desc.serialize_to_string()
+
+
+def interpolated_tail(program_bytes):
+    """Legacy program bytes without the dense form of ``layers.upsample_logits``: the
+    ``where`` choosing between it and the interpolation reads the interpolation directly, and
+    the ops only the dense form needed are removed. The program OpenVINO runs at any input size
+    would compute both forms (the choice is folded only in one compiled for a size). Other
+    programs come back unchanged."""
+    desc = core.ProgramDesc(program_bytes)
+    block = desc.block(0)
+    ops = [block.op(i) for i in range(block.op_size())]
+    producer = {v: op for op in ops for v in op.output_arg_names()}
+
+    def source(v):  # through paddle.where's broadcasting (v + zeros)
+        while v in producer and producer[v].type() == "elementwise_add":
+            v = producer[v].input("X")[0]
+        return v, producer[v].type() if v in producer else None
+
+    chosen = {}
+    for op in ops:
+        if op.type() == "where":
+            (_, dense), (interpolated, kind) = source(op.input("X")[0]), source(op.input("Y")[0])
+            if dense == "matmul_v2" and kind == "bilinear_interp_v2":
+                chosen[op.output("Out")[0]] = interpolated
+    if not chosen:
+        return program_bytes
+    for op in ops:
+        for old, new in chosen.items():
+            if old in op.input_arg_names():
+                op._rename_input(old, new)
+    while True:  # drop what nothing reads any more
+        read = {v for i in range(block.op_size()) for v in block.op(i).input_arg_names()}
+        dead = [i for i in range(block.op_size()) if block.op(i).type() not in ("feed", "fetch")
+                and not set(block.op(i).output_arg_names()) & read]
+        if not dead:
+            return desc.serialize_to_string()
+        for i in reversed(dead):
+            block._remove_op(i, i + 1)
 
 
 def mark_onednn_interpolations(program_bytes):
