@@ -237,8 +237,8 @@ def bilinear_weights(n_in, n_out):
 def upsample_logits(x, ref):
     """``resize_to(x, ref)`` (bilinear) for OpenVINO's program. For small logits (h * w <=
     ``DENSE_UPSAMPLE_CELLS``) as two products with ``bilinear_weights`` (the width first):
-    OpenVINO's Interpolate and the TopK after it on its output were up to 3x slower there
-    (README); the dense matrices' work grows with the logits' size, so larger logits keep the
+    OpenVINO's Interpolate and the TopK after it on its output were slower there (README);
+    the dense matrices' work grows with the logits' size, so larger logits keep the
     interpolation. In a dynamic-size program both forms are written and ``paddle.where``
     picks one: OpenVINO, compiling for the input size, folds the choice and drops the other
     form; the runner strips the dense form from the program it runs at any size."""
