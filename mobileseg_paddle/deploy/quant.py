@@ -252,8 +252,8 @@ def quantize_program(src_dir, dst_dir, batches, algo=DEFAULT_ALGO, model_filenam
 
 def _float_tail(program, fetch_list):
     """Remove from ``program`` the quantize/dequantize pairs on activations that reach no
-    quantized op (one of ``QUANTIZABLE_OPS`` with weights) downstream; returns ``fetch_list`` with the same
-    variables under their float names.
+    quantized op (one of ``QUANTIZABLE_OPS`` with weights) downstream; returns ``fetch_list``
+    with the same variables under their float names.
 
     Paddle's calibration writes a pair on the output of every op it observes, the logits
     included (the classifier conv's output, then the upsampled logits): rounded to 8 bits and
