@@ -151,11 +151,15 @@ def nearest_source_index(n_in, n_out):
     if isinstance(n_in, int) and isinstance(n_out, int):
         ratio = np.float32(n_in) / np.float32(n_out)
         return (np.arange(n_out, dtype=np.float32) * ratio).astype(np.int32)
-    n_in, n_out = (paddle.full([], v, "float32") if isinstance(v, int)
-                   else paddle.cast(v, "float32") for v in (n_in, n_out))
+    n_in, n_out = _float32(n_in), _float32(n_out)
     k = paddle.arange(0, n_out, 1, dtype="float32")
     # float -> int casts truncate, which is floor for these non-negative values
     return paddle.cast(k * (n_in / n_out), "int32")
+
+
+def _float32(size):
+    """A size (a Python int or an int32 tensor) as a float32 tensor."""
+    return paddle.full([], size, "float32") if isinstance(size, int) else paddle.cast(size, "float32")
 
 
 def _integer_factor(n_in, n_out):
@@ -225,8 +229,7 @@ def bilinear_weights(n_in, n_out):
     (align_corners=False, half-pixel centres): row k holds output k's two weights, the source
     position computed in float32 as Paddle's kernel does and clamped to [0, n_in - 1]. Sizes
     are Python ints or int32 tensors (then it is computed in the program)."""
-    n_in, n_out = (paddle.full([], v, "float32") if isinstance(v, int)
-                   else paddle.cast(v, "float32") for v in (n_in, n_out))
+    n_in, n_out = _float32(n_in), _float32(n_out)
     ratio = n_in / n_out
     src = paddle.clip((paddle.arange(0, n_out, 1, dtype="float32") + 0.5) * ratio - 0.5, min=0.0)
     src = paddle.minimum(src, n_in - 1.0)

@@ -178,11 +178,8 @@ def _openvino_files(files, opts, input_shape=None):
         for source, name in ((files.program, "model.pdmodel"), (files.params, "model.pdiparams")):
             path = os.path.join(folder, name)
             tmp = f"{path}.tmp{os.getpid()}"
-            original = program = _read(source) if name == "model.pdmodel" else None
+            program = _staged_program(source, input_shape) if name == "model.pdmodel" else None
             if program is not None:
-                program = fix_input_shape(program, input_shape) if input_shape is not None \
-                    else interpolated_tail(program)
-            if program is not original:
                 with open(tmp, "wb") as f:
                     f.write(program)
             else:
@@ -195,6 +192,16 @@ def _openvino_files(files, opts, input_shape=None):
     except OSError as e:
         raise _unwritable(folder, e) from None
     return staged
+
+
+def _staged_program(source, input_shape):
+    """The program bytes OpenVINO gets where they differ from the export's file (None: the
+    file itself, linked)."""
+    program = _read(source)
+    if input_shape is not None:
+        return fix_input_shape(program, input_shape)
+    stripped = interpolated_tail(program)
+    return None if stripped is program else stripped
 
 
 def _unwritable(folder, e):
