@@ -262,8 +262,8 @@ def _float_tail(program, fetch_list):
     orphaned scales are pruned on saving."""
     block = program.global_block()
     ops = list(block.ops)
-    # a quantized op is one of QUANTIZABLE_OPS with weights (a product of two activations,
-    # such as the dense upsampling of OpenVINO's program, is left in float)
+    # a quantized op is one of QUANTIZABLE_OPS with weights (a product of two activations is
+    # left in float)
     weights = {v.name for v in program.list_vars() if v.persistable}
     for op in ops:  # a weight's own quantize/dequantize pair
         if op.type in QUANT_OPS and op.input("X")[0] in weights:

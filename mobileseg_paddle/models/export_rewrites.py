@@ -29,8 +29,8 @@ Rewrites (``prepare_for_deploy``; each checked against dygraph in tests/deploy/t
 - openvino: channel shuffles in the form OpenVINO fuses into its ShuffleChannels kernel
   (``concat_shuffle``'s ``fusable``), which runs without converting the shuffled tensor's
   layout.
-- openvino: the final bilinear upsampling of small logits as two products with the
-  interpolation matrices (``layers.upsample_logits``), chosen by the logits' size in the program.
+- openvino: the final bilinear upsampling, where its factors are integers, as weighted sums of
+  shifted views (``layers.upsample_logits``), chosen by the sizes in the program.
 - lite: convs as Lite's ARM kernels need them (``ConvLite``): a bias without a BatchNorm after
   it as Paddle 2.x wrote it (Lite folds it into the conv); squeeze-excitation convs widened
   with zero weights around an FP16 kernel's over-read.
@@ -89,8 +89,8 @@ def prepare_for_deploy(model, target="paddle"):
             layer.gather_nearest = False
         if target == "openvino" and hasattr(layer, "shuffle_fusable"):
             layer.shuffle_fusable = True  # channel shuffles: see concat_shuffle
-        if target == "openvino" and hasattr(layer, "dense_upsample"):
-            layer.dense_upsample = True  # the final upsampling: see upsample_logits
+        if target == "openvino" and hasattr(layer, "phase_upsample"):
+            layer.phase_upsample = True  # the final upsampling: see upsample_logits
         if target == "paddle":
             for name, sub in list(layer._sub_layers.items()):
                 if isinstance(sub, nn.AdaptiveAvgPool2D) and _binned(sub):

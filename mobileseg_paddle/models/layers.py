@@ -162,6 +162,11 @@ def _float32(size):
     return paddle.full([], size, "float32") if isinstance(size, int) else paddle.cast(size, "float32")
 
 
+def _int32(size):
+    """An (H, W) pair (Python ints or an int32 tensor) as an int32 tensor."""
+    return paddle.to_tensor(size, "int32") if isinstance(size, list) else size
+
+
 def _integer_factor(n_in, n_out):
     """Whether Paddle's nearest from n_in to n_out repeats every source an integer number of
     times (the sizes where oneDNN's nearest, which rounds differently, gives the same)."""
@@ -220,37 +225,52 @@ def resize_to(x, ref, mode="bilinear"):
     return F.interpolate(x, spatial_size(ref), mode=mode, align_corners=False)
 
 
-# logit cells (h * w) up to which ``upsample_logits`` multiplies by the interpolation matrices
-DENSE_UPSAMPLE_CELLS = 48 * 48
+def bilinear_phases(factor):
+    """The (factor, 3) weights of Paddle's bilinear upsampling by an integer factor along one
+    axis (align_corners=False, half-pixel centres): output ``factor * i + p`` blends sources
+    i - 1, i and i + 1 (edge-replicated, which is Paddle's clamping) with row p, the same
+    weights for every i. ``factor`` is a Python int or an int32 tensor."""
+    factor = _float32(factor)
+    d = (paddle.arange(0, factor, 1, dtype="float32") + 0.5) / factor - 0.5
+    return paddle.stack([F.relu(-d), 1.0 - paddle.abs(d), F.relu(d)], axis=1)
 
 
-def bilinear_weights(n_in, n_out):
-    """The (n_out, n_in) matrix of Paddle's bilinear interpolation along one axis
-    (align_corners=False, half-pixel centres): row k holds output k's two weights, the source
-    position computed in float32 as Paddle's kernel does and clamped to [0, n_in - 1]. Sizes
-    are Python ints or int32 tensors (then it is computed in the program)."""
-    n_in, n_out = _float32(n_in), _float32(n_out)
-    ratio = n_in / n_out
-    src = paddle.clip((paddle.arange(0, n_out, 1, dtype="float32") + 0.5) * ratio - 0.5, min=0.0)
-    src = paddle.minimum(src, n_in - 1.0)
-    i = paddle.arange(0, n_in, 1, dtype="float32")
-    return F.relu(1.0 - paddle.abs(paddle.unsqueeze(src, 1) - paddle.unsqueeze(i, 0)))
+def _upsample_phases(x, axis, factor):
+    """``x`` upsampled ``factor`` times along ``axis`` (2 or 3) by ``bilinear_phases``: three
+    shifted views times broadcast weight rows, one elementwise expression OpenVINO fuses, whose
+    (…, n, factor, …) result flattens to (…, n * factor, …) without moving data."""
+    pad = [0, 0, 1, 1] if axis == 2 else [1, 1, 0, 0]
+    xp = F.pad(x, pad, mode="replicate")
+    views = [paddle.slice(xp, [axis], [k], [k - 2 if k < 2 else 2 ** 31 - 1]) for k in range(3)]
+    weights = bilinear_phases(factor)
+    shape = [1, 1, 1, 1, 1]
+    shape[axis + 1] = -1
+    terms = [paddle.unsqueeze(v, axis + 1) * paddle.reshape(weights[:, k], shape)
+             for k, v in enumerate(views)]
+    out = terms[0] + terms[1] + terms[2]  # Paddle's order: the upper source's term first
+    return paddle.flatten(out, axis, axis + 1)
 
 
+@paddle.jit.not_to_static  # Python decides on Python sizes; no tensor-dependent branch
 def upsample_logits(x, ref):
-    """``resize_to(x, ref)`` (bilinear) for OpenVINO's program. For small logits (h * w <=
-    ``DENSE_UPSAMPLE_CELLS``) as two products with ``bilinear_weights`` (the width first):
-    OpenVINO's Interpolate and the TopK after it on its output were slower there (README);
-    the dense matrices' work grows with the logits' size, so larger logits keep the
-    interpolation. In a dynamic-size program both forms are written and ``paddle.where``
-    picks one: OpenVINO, compiling for the input size, folds the choice and drops the other
-    form; the runner strips the dense form from the program it runs at any size."""
+    """``resize_to(x, ref)`` (bilinear) for OpenVINO's program. Where the output is an integer
+    multiple of the logits along both axes (any input size a multiple of the output stride),
+    as ``_upsample_phases`` along the width, then the height: OpenVINO's Interpolate, and the
+    TopK after it on its blocked output, were slower at every size measured (README). Other
+    sizes keep the interpolation. In a dynamic-size program both forms are written (the phase
+    form with the rounded-up factors, cropped to the size) and ``paddle.where`` picks one:
+    OpenVINO, compiling for the input size, folds the choice and drops the other form; the
+    runner strips the phase form from the program it runs at any size."""
     size, in_size = spatial_size(ref), spatial_size(x)
     interpolated = F.interpolate(x, size, mode="bilinear", align_corners=False)
-    if isinstance(in_size, list) and in_size[0] * in_size[1] > DENSE_UPSAMPLE_CELLS:
-        return interpolated
-    rows, cols = (bilinear_weights(i, o) for i, o in zip(in_size, size))
-    dense = paddle.matmul(rows, paddle.matmul(x, cols, transpose_y=True))
-    if isinstance(in_size, list):
-        return dense
-    return paddle.where(in_size[0] * in_size[1] <= DENSE_UPSAMPLE_CELLS, dense, interpolated)
+    if isinstance(in_size, list) and isinstance(size, list):
+        if size[0] % in_size[0] or size[1] % in_size[1]:
+            return interpolated
+        x = _upsample_phases(x, 3, size[1] // in_size[1])
+        return _upsample_phases(x, 2, size[0] // in_size[0])
+    in_size, size = _int32(in_size), _int32(size)
+    factors = (size + in_size - 1) // in_size
+    x = _upsample_phases(_upsample_phases(x, 3, factors[1]), 2, factors[0])
+    x = paddle.slice(x, [2, 3], [0, 0], [size[0], size[1]])
+    exact = paddle.max(size % in_size) == 0
+    return paddle.where(exact, x, interpolated)

@@ -74,7 +74,7 @@ class MobileSeg(nn.Layer):
             SegHead(in_ch, mid_ch, num_classes)
             for in_ch, mid_ch in zip(arm_out_chs, seg_head_inter_chs)
         ])
-        self.dense_upsample = False  # OpenVINO's program: see layers.upsample_logits
+        self.phase_upsample = False  # OpenVINO's program: see layers.upsample_logits
         self.pretrained = pretrained
         if pretrained is not None:
             from ..checkpoint import load_pretrained
@@ -85,7 +85,7 @@ class MobileSeg(nn.Layer):
         feats = [feats[i] for i in self.backbone_indices]
         feats = self.ppseg_head(feats)  # shallow to deep
         n_heads = len(self.seg_heads) if self.training else 1
-        upsample = upsample_logits if self.dense_upsample else resize_to
+        upsample = upsample_logits if self.phase_upsample else resize_to
         return [upsample(self.seg_heads[i](feats[i]), x) for i in range(n_heads)]
 
 

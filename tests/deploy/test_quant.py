@@ -165,9 +165,9 @@ def test_int8_logits_stay_float(exports, program):
         tail.add(op.type)
         stack.extend(a for i in op.inputs for a in i.arguments)
     assert not tail & set(Q.QUANT_OPS), tail
-    # OpenVINO's program also has the dense form of the upsampling (layers.upsample_logits)
-    assert {"bilinear_interp_v2", "matmul_v2", "where"} & tail == (
-        {"bilinear_interp_v2"} if program == "legacy" else {"bilinear_interp_v2", "matmul_v2",
+    # OpenVINO's program also has the phase form of the upsampling (layers.upsample_logits)
+    assert {"bilinear_interp_v2", "pad3d", "where"} & tail == (
+        {"bilinear_interp_v2"} if program == "legacy" else {"bilinear_interp_v2", "pad3d",
                                                              "where"})
     assert classifiers
     for classifier in classifiers:
@@ -430,7 +430,7 @@ def test_tensorrt_and_onednn_configuration_of_an_int8_export(exports, tmp_path):
     (args, _), = ov.called("enable_openvino_engine")
     assert args == (pi.PrecisionType.Float32,) and not ov.called("enable_mkldnn_int8")
     (staged, _), = ov.called("__init__")  # in OpenVINO's cache folder: the parameters linked,
-    # the program a copy without the dense upsampling (interpolated_tail)
+    # the program a copy without the phase form of the upsampling (interpolated_tail)
     assert os.path.realpath(staged[1]) == os.path.realpath(int8.file("openvino_params"))
     with open(int8.file("openvino"), "rb") as f:
         program = f.read()

@@ -170,7 +170,7 @@ def _openvino_files(files, opts, input_shape=None):
     """(program, params) paths for OpenVINO: the export's files under the names its Paddle
     frontend pairs (``model.pdmodel``, ``model.pdiparams``), as links in the cache folder; with
     ``input_shape``, the program is a copy with that input shape written in, without it a copy
-    without the dense upsampling where the program has one (``interpolated_tail``)."""
+    without the phase form of the upsampling where the program has one (``interpolated_tail``)."""
     folder = _openvino_dir(files, opts, input_shape)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -303,9 +303,9 @@ def fix_input_shape(program_bytes, shape):
 
 
 def interpolated_tail(program_bytes):
-    """Legacy program bytes without the dense form of ``layers.upsample_logits``: the
+    """Legacy program bytes without the phase form of ``layers.upsample_logits``: the
     ``where`` choosing between it and the interpolation reads the interpolation directly, and
-    the ops only the dense form needed are removed. The program OpenVINO runs at any input size
+    the ops only the phase form needed are removed. The program OpenVINO runs at any input size
     would compute both forms (the choice is folded only in one compiled for a size). Other
     programs come back unchanged."""
     desc = core.ProgramDesc(program_bytes)
@@ -321,8 +321,8 @@ def interpolated_tail(program_bytes):
     chosen = {}
     for op in ops:
         if op.type() == "where":
-            (_, dense), (interpolated, kind) = source(op.input("X")[0]), source(op.input("Y")[0])
-            if dense == "matmul_v2" and kind == "bilinear_interp_v2":
+            (_, phases), (interpolated, kind) = source(op.input("X")[0]), source(op.input("Y")[0])
+            if phases == "slice" and kind == "bilinear_interp_v2":
                 chosen[op.output("Out")[0]] = interpolated
     if not chosen:
         return program_bytes

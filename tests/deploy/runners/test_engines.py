@@ -100,7 +100,7 @@ def test_openvino_cache_stays_out_of_the_working_directory_and_the_export(
     staged = xdg / "mobileseg" / "openvino" / model_dir
     assert sorted(os.listdir(staged)) == ["compiled", "model.pdiparams", "model.pdmodel"]
     assert os.listdir(staged / "compiled")  # the compiled model
-    # the parameters linked, the program a copy without its dense upsampling
+    # the parameters linked, the program a copy without the phase form of its upsampling
     assert os.path.samefile(staged / "model.pdiparams", os.path.join(folder, "model.pdiparams"))
     with open(os.path.join(folder, "model.openvino.pdmodel"), "rb") as f:
         program = P.interpolated_tail(f.read())

@@ -271,24 +271,23 @@ class _Logits(paddle.nn.Layer):
     """(N, 3, H, W) -> its logits at 1/8 (a pooling and a 1x1 conv) upsampled to (H, W): by
     ``layers.upsample_logits`` (OpenVINO's form) or ``resize_to`` (the reference)."""
 
-    def __init__(self, dense):
+    def __init__(self, phases):
         super().__init__()
         self.conv = paddle.nn.Conv2D(3, 19, 1)
-        self.dense = dense
+        self.phases = phases
 
     def forward(self, x):
         from mobileseg_paddle.models.layers import resize_to, upsample_logits
         logits = self.conv(paddle.nn.functional.avg_pool2d(x, 8, 8, ceil_mode=True))
-        return (upsample_logits if self.dense else resize_to)(logits, x)
+        return (upsample_logits if self.phases else resize_to)(logits, x)
 
 
-def test_openvino_upsamples_small_logits_densely_and_large_ones_by_interpolation(tmp_path):
-    """``layers.upsample_logits`` in a dynamic-size program on OpenVINO: at each size (logits
-    of 400 cells, 2337 = 41x57 just above ``DENSE_UPSAMPLE_CELLS``, and 4096) the program
-    compiled for it picks its form and drops the other, the program run at any size has no
-    dense form left (``interpolated_tail``), and all equal Paddle's interpolation."""
+def test_openvino_upsamples_integer_factors_in_phases_and_others_by_interpolation(tmp_path):
+    """``layers.upsample_logits`` in a dynamic-size program on OpenVINO: at each size (factors
+    of 8 on both axes; 325/41 and 8) the program compiled for it picks its form and drops the
+    other, the program run at any size has no phase form left (``interpolated_tail``), and
+    all equal Paddle's interpolation; so does a fixed-size program (the phase form alone)."""
     from mobileseg_paddle.deploy.export import _save_legacy
-    from mobileseg_paddle.models.layers import DENSE_UPSAMPLE_CELLS
 
     paddle.seed(0)
     net, ref_net = _Logits(True), _Logits(False)
@@ -304,20 +303,29 @@ def test_openvino_upsamples_small_logits_densely_and_large_ones_by_interpolation
         block = desc.block(0)
         return [block.op(i).type() for i in range(block.op_size())]
 
+    phase_ops = {"where", "pad3d", "flatten_contiguous_range", "elementwise_mul"}
     stripped = P.interpolated_tail(original)
-    assert {"where", "matmul_v2"} <= set(types(original))
-    assert not {"where", "matmul_v2", "relu", "abs"} & set(types(stripped))
+    assert phase_ops <= set(types(original))
+    assert not phase_ops & set(types(stripped))
     assert "bilinear_interp_v2" in types(stripped)
     assert P.interpolated_tail(stripped) is stripped  # nothing left to strip
     files = R.ModelFiles.from_paddle(program, str(tmp_path / "m" / "model.pdiparams"))
     opts = R.PredictorOptions(engine="openvino", openvino_cache_dir=str(tmp_path / "ov"))
     rng = np.random.RandomState(0)
     with R.create_runner(files, "paddle", opts) as runner:
-        for h, w in ((20, 20), (41, 57), (64, 64)):
-            assert (h * w <= DENSE_UPSAMPLE_CELLS) == (h == 20)
-            x = rng.uniform(-3, 3, (1, 3, 8 * h - 3, 8 * w)).astype("float32")
+        for hw in ((160, 320), (325, 456)):
+            x = rng.uniform(-3, 3, (1, 3) + hw).astype("float32")
             ref = ref_net(paddle.to_tensor(x)).numpy()
             for attempt in range(2):  # the program of any size, then the size's own
                 err = max_rel_err(runner(x), ref)
-                assert err <= 1e-5, f"{h}x{w} ({attempt}): relative error {err:.2e}"
+                assert err <= 1e-5, f"{hw} ({attempt}): relative error {err:.2e}"
             assert runner.current is runner.fixed[x.shape]
+    _save_legacy(net, str(tmp_path / "f"), [paddle.static.InputSpec([1, 3, 48, 80], "float32")])
+    program = str(tmp_path / "f" / "model.pdmodel")
+    with open(program, "rb") as f:
+        assert {"pad3d", "flatten_contiguous_range"} <= set(types(f.read())) - {"where"}
+    files = R.ModelFiles.from_paddle(program, str(tmp_path / "f" / "model.pdiparams"))
+    x = rng.uniform(-3, 3, (1, 3, 48, 80)).astype("float32")
+    with R.create_runner(files, "paddle", opts) as runner:
+        err = max_rel_err(runner(x), ref_net(paddle.to_tensor(x)).numpy())
+        assert err <= 1e-5, f"fixed size: relative error {err:.2e}"
