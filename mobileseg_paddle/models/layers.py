@@ -232,7 +232,8 @@ def bilinear_phases(factor):
     weights for every i. ``factor`` is a Python int or an int32 tensor."""
     factor = _float32(factor)
     d = (paddle.arange(0, factor, 1, dtype="float32") + 0.5) / factor - 0.5
-    return paddle.stack([F.relu(-d), 1.0 - paddle.abs(d), F.relu(d)], axis=1)
+    before, after = F.relu(-d), F.relu(d)  # 1 - |d|: OpenVINO 2025.0's Paddle reader has no abs
+    return paddle.stack([before, 1.0 - after - before, after], axis=1)
 
 
 def _upsample_phases(x, axis, factor):
