@@ -239,7 +239,7 @@ def bilinear_phases(factor):
 def _upsample_phases(x, axis, factor):
     """``x`` upsampled ``factor`` times along ``axis`` (2 or 3) by ``bilinear_phases``: three
     shifted views times broadcast weight rows, one elementwise expression OpenVINO fuses, whose
-    (…, n, factor, …) result flattens to (…, n * factor, …) without moving data."""
+    (..., n, factor, ...) result flattens to (..., n * factor, ...) without moving data."""
     pad = [0, 0, 1, 1] if axis == 2 else [1, 1, 0, 0]
     xp = F.pad(x, pad, mode="replicate")
     views = [paddle.slice(xp, [axis], [k], [k - 2 if k < 2 else 2 ** 31 - 1]) for k in range(3)]
@@ -256,8 +256,8 @@ def _upsample_phases(x, axis, factor):
 def upsample_logits(x, ref):
     """``resize_to(x, ref)`` (bilinear) for OpenVINO's program. Where the output is an integer
     multiple of the logits along both axes (any input size a multiple of the output stride),
-    as ``_upsample_phases`` along the width, then the height: OpenVINO's Interpolate, and the
-    TopK after it on its blocked output, were slower at every size measured (README). Other
+    as ``_upsample_phases`` along the width, then the height: OpenVINO's Interpolate and the
+    TopK after it were slower at every size measured (README). Other
     sizes keep the interpolation. In a dynamic-size program both forms are written (the phase
     form with the rounded-up factors, cropped to the size) and ``paddle.where`` picks one:
     OpenVINO, compiling for the input size, folds the choice and drops the other form; the
