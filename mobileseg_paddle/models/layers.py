@@ -162,11 +162,6 @@ def _float32(size):
     return paddle.full([], size, "float32") if isinstance(size, int) else paddle.cast(size, "float32")
 
 
-def _int32(size):
-    """An (H, W) pair (Python ints or an int32 tensor) as an int32 tensor."""
-    return paddle.to_tensor(size, "int32") if isinstance(size, list) else size
-
-
 def _integer_factor(n_in, n_out):
     """Whether Paddle's nearest from n_in to n_out repeats every source an integer number of
     times (the sizes where oneDNN's nearest, which rounds differently, gives the same)."""
@@ -257,21 +252,19 @@ def upsample_logits(x, ref):
     """``resize_to(x, ref)`` (bilinear) for OpenVINO's program. Where the output is an integer
     multiple of the logits along both axes (any input size a multiple of the output stride),
     as ``_upsample_phases`` along the width, then the height: OpenVINO's Interpolate and the
-    TopK after it were slower at every size measured (README). Other
-    sizes keep the interpolation. In a dynamic-size program both forms are written (the phase
-    form with the rounded-up factors, cropped to the size) and ``paddle.where`` picks one:
-    OpenVINO, compiling for the input size, folds the choice and drops the other form; the
-    runner strips the phase form from the program it runs at any size."""
-    size, in_size = spatial_size(ref), spatial_size(x)
-    interpolated = F.interpolate(x, size, mode="bilinear", align_corners=False)
-    if isinstance(in_size, list) and isinstance(size, list):
+    TopK after it were slower at every size measured (README). Other sizes keep the
+    interpolation. In a dynamic-size program both forms are written (the phase form with the
+    rounded-up factors, cropped to the size) and ``paddle.where`` picks one: OpenVINO,
+    compiling for the input size, folds the choice and drops the other form; the runner
+    strips the phase form from the program it runs at any size."""
+    size, in_size = spatial_size(ref), spatial_size(x)  # both Python ints or both tensors
+    if isinstance(in_size, list):
         if size[0] % in_size[0] or size[1] % in_size[1]:
-            return interpolated
+            return resize_to(x, ref)
         x = _upsample_phases(x, 3, size[1] // in_size[1])
         return _upsample_phases(x, 2, size[0] // in_size[0])
-    in_size, size = _int32(in_size), _int32(size)
     factors = (size + in_size - 1) // in_size
-    x = _upsample_phases(_upsample_phases(x, 3, factors[1]), 2, factors[0])
-    x = paddle.slice(x, [2, 3], [0, 0], [size[0], size[1]])
+    phases = _upsample_phases(_upsample_phases(x, 3, factors[1]), 2, factors[0])
+    phases = paddle.slice(phases, [2, 3], [0, 0], [size[0], size[1]])
     exact = paddle.max(size % in_size) == 0
-    return paddle.where(exact, x, interpolated)
+    return paddle.where(exact, phases, resize_to(x, ref))
