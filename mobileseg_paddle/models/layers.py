@@ -162,6 +162,11 @@ def _float32(size):
     return paddle.full([], size, "float32") if isinstance(size, int) else paddle.cast(size, "float32")
 
 
+def _int32(size):
+    """An (H, W) pair, Python ints or an int32 tensor, as an int32 tensor."""
+    return paddle.to_tensor(size, "int32") if isinstance(size, list) else size
+
+
 def _integer_factor(n_in, n_out):
     """Whether Paddle's nearest from n_in to n_out repeats every source an integer number of
     times (the sizes where oneDNN's nearest, which rounds differently, gives the same)."""
@@ -257,12 +262,15 @@ def upsample_logits(x, ref):
     rounded-up factors, cropped to the size) and ``paddle.where`` picks one: OpenVINO,
     compiling for the input size, folds the choice and drops the other form; the runner
     strips the phase form from the program it runs at any size."""
-    size, in_size = spatial_size(ref), spatial_size(x)  # both Python ints or both tensors
-    if isinstance(in_size, list):
+    size, in_size = spatial_size(ref), spatial_size(x)
+    if isinstance(in_size, list) and isinstance(size, list):
         if size[0] % in_size[0] or size[1] % in_size[1]:
             return resize_to(x, ref)
         x = _upsample_phases(x, 3, size[1] // in_size[1])
         return _upsample_phases(x, 2, size[0] // in_size[0])
+    # one may be fixed and the other not: Lite-HRNet's fused shuffles (reshapes to runtime
+    # sizes) leave its logits without static H and W in a fixed-size program
+    size, in_size = _int32(size), _int32(in_size)
     factors = (size + in_size - 1) // in_size
     phases = _upsample_phases(_upsample_phases(x, 3, factors[1]), 2, factors[0])
     phases = paddle.slice(phases, [2, 3], [0, 0], [size[0], size[1]])

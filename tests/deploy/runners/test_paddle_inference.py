@@ -271,14 +271,18 @@ class _Logits(paddle.nn.Layer):
     """(N, 3, H, W) -> its logits at 1/8 (a pooling and a 1x1 conv) upsampled to (H, W): by
     ``layers.upsample_logits`` (OpenVINO's form) or ``resize_to`` (the reference)."""
 
-    def __init__(self, phases):
+    def __init__(self, phases, runtime_logit_size=False):
         super().__init__()
         self.conv = paddle.nn.Conv2D(3, 19, 1)
         self.phases = phases
+        self.runtime_logit_size = runtime_logit_size
 
     def forward(self, x):
         from mobileseg_paddle.models.layers import resize_to, upsample_logits
         logits = self.conv(paddle.nn.functional.avg_pool2d(x, 8, 8, ceil_mode=True))
+        if self.runtime_logit_size:  # as Lite-HRNet's shuffles: no static H, W left
+            size = paddle.shape(logits)
+            logits = paddle.reshape(logits, [0, 0, size[2], size[3]])
         return (upsample_logits if self.phases else resize_to)(logits, x)
 
 
@@ -330,3 +334,13 @@ def test_openvino_upsamples_integer_factors_in_phases_and_others_by_interpolatio
     with R.create_runner(files, "paddle", opts) as runner:
         err = max_rel_err(runner(x), ref_net(paddle.to_tensor(x)).numpy())
         assert err <= 1e-5, f"fixed size: relative error {err:.2e}"
+    # a fixed-size input whose logits' size is known only at run time
+    mixed = _Logits(True, runtime_logit_size=True)
+    mixed.set_state_dict(net.state_dict())
+    mixed.eval()
+    _save_legacy(mixed, str(tmp_path / "x"), [paddle.static.InputSpec([1, 3, 48, 80], "float32")])
+    files = R.ModelFiles.from_paddle(str(tmp_path / "x" / "model.pdmodel"),
+                                     str(tmp_path / "x" / "model.pdiparams"))
+    with R.create_runner(files, "paddle", opts) as runner:
+        err = max_rel_err(runner(x), ref_net(paddle.to_tensor(x)).numpy())
+        assert err <= 1e-5, f"fixed input, logits of run-time size: relative error {err:.2e}"
