@@ -73,16 +73,18 @@ def write_yaml(path, dic):
     return path
 
 
-def train(config, save_dir, iters):
-    """Train ``config`` through the real ``mobileseg train`` unless ``save_dir`` already holds
-    its final checkpoint; returns (weights, seconds or None when skipped)."""
+def train(config, save_dir, iters, extra=()):
+    """Train ``config`` through the real ``mobileseg train`` (with the flags ``extra``) unless
+    ``save_dir`` already holds its final checkpoint; returns (weights, seconds or None when
+    skipped)."""
     weights = os.path.join(save_dir, f"iter_{iters}", "model.pdparams")
     if os.path.isfile(weights):
         log(f"trained weights exist, training skipped: {weights}")
         return weights, None
     cmd = [sys.executable, "-m", "mobileseg_paddle", "train", "--config", config, "--device",
            "cpu", "--save_dir", save_dir, "--save_interval", str(iters), "--log_iters", "50",
-           "--num_workers", "0", "--seed", "0", "--keep_checkpoint_max", "1"]
+           "--num_workers", "0", "--seed", "0", "--keep_checkpoint_max", "1", "--overwrite",
+           *map(str, extra)]
     log("training: " + " ".join(cmd[1:]))
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.time()
@@ -146,10 +148,13 @@ def quickstart_case(args, name):
     return config, weights, seconds, args.iters
 
 
-def measure(config, weights, out_dir, num_calib, algo, reuse=False):
+def measure(config, weights, out_dir, num_calib, algo, reuse=False, int8_weights=None,
+            int8_suffix=""):
     """Exports, INT8 exports and their evaluation; returns the case's figures. An export or
     a runner that fails is recorded in ``errors`` and left out; the rest are measured.
-    ``reuse``: keep an export of ``out_dir`` that is newer than ``weights``."""
+    ``reuse``: keep an export of ``out_dir`` that is newer than its weights. ``int8_weights``:
+    the INT8 exports are of these weights (quantization-aware training's), written to
+    ``int8_*<int8_suffix>``; FP32 stays ``weights``', the reference."""
     from mobileseg_paddle.config import load_config
     from mobileseg_paddle.deploy import export as ex
     from mobileseg_paddle.deploy.deploy_yaml import FILENAME, DeployConfig
@@ -161,13 +166,15 @@ def measure(config, weights, out_dir, num_calib, algo, reuse=False):
     with open(cfg.dic["train_dataset"]["train_path"]) as f:
         num_train = sum(1 for line in f if line.strip())
     num_calib = min(num_calib, num_train)
-    dirs = {k: os.path.join(out_dir, k) for k in ("fp32_paddle", "fp32_onnx", "int8_paddle",
-                                                  "int8_onnx")}
+    int8_weights = int8_weights or weights
+    dirs = {k: os.path.join(out_dir, k) for k in ("fp32_paddle", "fp32_onnx")}
+    dirs.update({k: os.path.join(out_dir, k + int8_suffix) for k in ("int8_paddle", "int8_onnx")})
     seconds, errors, reused = {}, {}, []
 
     def step(key, fn):
         done = os.path.join(dirs[key], FILENAME)
-        if reuse and os.path.isfile(done) and os.path.getmtime(done) > os.path.getmtime(weights):
+        source = int8_weights if key.startswith("int8") else weights
+        if reuse and os.path.isfile(done) and os.path.getmtime(done) > os.path.getmtime(source):
             log(f"{key}: kept the export in {dirs[key]} (--reuse_exports)")
             reused.append(key)
             return
@@ -187,10 +194,10 @@ def measure(config, weights, out_dir, num_calib, algo, reuse=False):
                                           engine="onednn"))
     step("fp32_onnx", lambda: ex.export(config, dirs["fp32_onnx"], model_path=weights,
                                         output_op="argmax", fmt="onnx", program="legacy"))
-    step("int8_paddle", lambda: quantize(config, dirs["int8_paddle"], model_path=weights,
+    step("int8_paddle", lambda: quantize(config, dirs["int8_paddle"], model_path=int8_weights,
                                          num_calib=num_calib, algo=algo, fmt="paddle",
                                          output_op="argmax"))
-    step("int8_onnx", lambda: quantize(config, dirs["int8_onnx"], model_path=weights,
+    step("int8_onnx", lambda: quantize(config, dirs["int8_onnx"], model_path=int8_weights,
                                        num_calib=num_calib, algo=algo, fmt="onnx",
                                        output_op="argmax"))
 
@@ -314,7 +321,9 @@ def table(cases, max_drop, min_agreement):
         misses = goal_met(case, max_drop, min_agreement)
         lines.append(
             f"| MobileSeg-{case['backbone']} | {case['data']} | {case['iters'] or '?'} it, "
-            f"{case.get('optimizer') or optimizer_of(name)} | "
+            f"{case.get('optimizer') or optimizer_of(name)}"
+            + (f" + quantization-aware {case['qat']['iters']} it, lr {case['qat']['lr']:g}"
+               if case.get("qat") else "") + " | "
             f"{case['val_images']} | {miou(r, 'fp32_paddle')} | {miou(r, 'fp32_ort')} | "
             f"{cell(r, 'int8_paddle', 'fp32_paddle')} | "
             f"{cell(r, 'int8_openvino', 'fp32_paddle')} | "
@@ -373,6 +382,12 @@ def build_parser():
     p.add_argument("--membrane_config", default=None,
                    help="reuse a trained membrane model: its config (.yml) ...")
     p.add_argument("--membrane_weights", default=None, help="... and its model.pdparams")
+    p.add_argument("--qat_iters", type=int, default=0,
+                   help="then fine-tune each case's weights with quantization-aware training "
+                        "(mobileseg train --quant) for this many iterations and measure its "
+                        "INT8 exports against the same FP32 model")
+    p.add_argument("--qat_lr", type=float, default=0.001,
+                   help="learning rate of that fine-tuning (the config's schedule)")
     add_study_args(p, "quant_accuracy.json")
     p.add_argument("--reuse_exports", action="store_true",
                    help="keep the exports an earlier run wrote (newer than the weights) "
@@ -394,29 +409,32 @@ def main(argv=None):
             backbone, data = QUICKSTART_BACKBONES[name][0], "quick start (synthetic, 96x96)"
         key = name if name == "membrane" or args.optimizer == "sgd" else f"{name}+adam"
         prev = cases.get(key)
+        exports = "exports" if key == name else "exports_adam"
         if (prev and not args.reeval and prev["weights"] == os.path.abspath(weights)
                 and prev["algo"] == args.algo
                 and prev.get("requested_num_calib") == args.num_calib):
             log(f"{key}: already evaluated for these weights ({out_json}); --reeval to redo")
-            continue
-        exports = "exports" if key == name else "exports_adam"
-        case = measure(config, weights, os.path.join(args.work_dir, name, exports),
-                       args.num_calib, args.algo, reuse=args.reuse_exports)
-        if train_s is None and prev and prev["weights"] == os.path.abspath(weights):
-            train_s = prev.get("train_seconds")
-        case.update(backbone=backbone, data=data, config=os.path.abspath(config),
-                    weights=os.path.abspath(weights), iters=iters,
-                    optimizer=(f"Adam {args.adam_lr:g}" if key.endswith("+adam")
-                               else optimizer_of(key)),
-                    requested_num_calib=args.num_calib,
-                    train_seconds=None if train_s is None else round(train_s),
-                    case_seconds=round(time.time() - t0))
-        case["goal_misses"] = goal_met(case, args.max_drop, args.min_agreement)
-        cases[key] = case
-        save_cases(out_json, args, cases)
-        log(f"{key}: mIoU " + ", ".join(f"{n} {v['miou']:.4f}" for n, v in
-                                       case["results"].items())
-            + "".join(f"; {n} FAILED" for n in case["errors"]) + f"; written to {out_json}")
+            case = prev
+        else:
+            case = measure(config, weights, os.path.join(args.work_dir, name, exports),
+                           args.num_calib, args.algo, reuse=args.reuse_exports)
+            if train_s is None and prev and prev["weights"] == os.path.abspath(weights):
+                train_s = prev.get("train_seconds")
+            case.update(backbone=backbone, data=data, config=os.path.abspath(config),
+                        weights=os.path.abspath(weights), iters=iters,
+                        optimizer=(f"Adam {args.adam_lr:g}" if key.endswith("+adam")
+                                   else optimizer_of(key)),
+                        requested_num_calib=args.num_calib,
+                        train_seconds=None if train_s is None else round(train_s),
+                        case_seconds=round(time.time() - t0))
+            case["goal_misses"] = goal_met(case, args.max_drop, args.min_agreement)
+            cases[key] = case
+            save_cases(out_json, args, cases)
+            log(f"{key}: mIoU " + ", ".join(f"{n} {v['miou']:.4f}" for n, v in
+                                           case["results"].items())
+                + "".join(f"; {n} FAILED" for n in case["errors"]) + f"; written to {out_json}")
+        if args.qat_iters:
+            qat_case(args, cases, out_json, key, case, config, weights, exports)
     if not cases:
         return 0
     print_table(f"INT8 / BF16 against FP32 (val mIoU; Δ in points against the same format's "
@@ -424,6 +442,32 @@ def main(argv=None):
                 f"drop <= {args.max_drop} pt and agreement >= {args.min_agreement}%)",
                 table(cases, args.max_drop, args.min_agreement), out_json)
     return 0
+
+
+def qat_case(args, cases, out_json, key, case, config, weights, exports):
+    """Quantization-aware fine-tuning of ``key``'s trained weights (``mobileseg train --quant
+    --model_path``, ``--qat_iters`` at ``--qat_lr``), then its INT8 exports measured against
+    the original FP32 model; recorded as ``<key>+qat<iters>``."""
+    t0 = time.time()
+    tag = f"qat{args.qat_iters}_lr{args.qat_lr:g}"
+    qat_weights, qat_s = train(
+        config, os.path.join(os.path.dirname(os.path.dirname(weights)), tag), args.qat_iters,
+        ["--quant", "--model_path", weights, "--iters", args.qat_iters, "--learning_rate",
+         args.qat_lr])
+    qat = measure(config, weights, os.path.join(args.work_dir, key.split("+")[0], exports),
+                  case["num_calib"], args.algo, reuse=True, int8_weights=qat_weights,
+                  int8_suffix="_" + tag)
+    qat.update({k: case[k] for k in ("backbone", "data", "config", "weights", "iters",
+                                     "optimizer", "requested_num_calib")})
+    qat.update(qat={"iters": args.qat_iters, "lr": args.qat_lr, "weights": qat_weights,
+                    "train_seconds": None if qat_s is None else round(qat_s)},
+               case_seconds=round(time.time() - t0))
+    qat["goal_misses"] = goal_met(qat, args.max_drop, args.min_agreement)
+    cases[f"{key}+{tag}"] = qat
+    save_cases(out_json, args, cases)
+    log(f"{key}+{tag}: INT8 " + ", ".join(
+        f"{n} {v['miou']:.4f} ({v['agreement'] * 100:.2f}%)" for n, v in qat["results"].items()
+        if n.startswith("int8")) + f"; misses: {qat['goal_misses'] or 'none'}")
 
 
 if __name__ == "__main__":

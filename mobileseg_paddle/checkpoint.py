@@ -326,19 +326,26 @@ def resolve_weights(path_or_url):
     return src
 
 
-def load_pretrained(model, path_or_url):
-    """Load weights into ``model``; raise ``UserError`` on any key/shape mismatch."""
+def load_pretrained(model, path_or_url, resuming=False):
+    """Load weights into ``model``; raise ``UserError`` on any key/shape mismatch. A checkpoint
+    of quantization-aware training (``qat``) loads into a float model as its float weights,
+    unless ``resuming`` (then the model must be quantization-aware too)."""
+    from . import qat
+
     path = resolve_weights(path_or_url)
     state = load_state(path)
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a state dict (got {type(state).__name__})")
     own = model.state_dict()
+    if not resuming and not qat.has_quanters(own):
+        state = qat.float_state(state)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise UserError(
-            f"{path} does not fit {type(model).__name__}: {len(missing)} missing keys "
-            f"{_few(missing)}, {len(unexpected)} unexpected keys {_few(unexpected)}")
+        hint = qat.mismatch_hint(missing, unexpected)
+        raise UserError(f"{path} does not fit {type(model).__name__}: " + (hint or (
+            f"{len(missing)} missing keys {_few(missing)}, {len(unexpected)} unexpected keys "
+            f"{_few(unexpected)}")))
     _check_shapes(model, path, own, state)
     model.set_state_dict(state)
     return model

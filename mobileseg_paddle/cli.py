@@ -16,7 +16,7 @@ import os
 import sys
 
 from . import compat, register  # noqa: F401  (register: the MSP_ components)
-from .builder import build_model
+from .builder import build_model, without_pretrained
 from .config import load_config
 from .errors import UserError, one_line, run_main
 
@@ -91,6 +91,12 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true",
                    help="Train into a --save_dir that holds checkpoints of an earlier run "
                         "(refused otherwise, unless resuming).")
+    p.add_argument("--quant", action="store_true",
+                   help="Quantization-aware training: convolutions see their inputs and weights "
+                        "as INT8 rounds them (mobileseg quant then exports the result).")
+    p.add_argument("--model_path",
+                   help="Start from these trained weights (model.pdparams or its folder) "
+                        "instead of the config's pretrained ones: fine-tuning, e.g. with --quant.")
 
     p = sub.add_parser("val", help="evaluate mIoU (as PaddleSeg's tools/val.py)")
     _add_common(p)
@@ -169,11 +175,18 @@ def cmd_train(args):
     _check_train_args(args)
     if args.resume_model:
         compat.check_checkpoint(args.resume_model)
+    if args.model_path:  # the config's pretrained weights would be overwritten: not fetched
+        cfg.dic["model"] = without_pretrained(cfg.dic["model"])
     builder = SegBuilder(cfg)
     _setup(args, cfg)
     utils.set_seed(args.seed)
     utils.set_cv2_num_threads(args.num_workers)
-    model = utils.convert_sync_batchnorm(model_of(cfg, seg_builder=builder), args.device)
+    model = model_of(cfg, args.model_path, seg_builder=builder)
+    if args.quant:
+        from .qat import quantization_aware
+        print(f"quantization-aware training: {quantization_aware(model)} convolutions "
+              f"fake-quantized (INT8)", flush=True)
+    model = utils.convert_sync_batchnorm(model, args.device)
     train_dataset = checked_dataset(builder, "train_dataset")
     if args.repeats > 1:
         train_dataset.file_list *= args.repeats

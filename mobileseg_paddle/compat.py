@@ -229,7 +229,7 @@ def resume(model, optimizer, resume_model):
     check_checkpoint(resume_model)
     ckpt_dir = os.path.normpath(resume_model)
     logger.info(f"Resume model from {ckpt_dir}")
-    load_pretrained(model, os.path.join(ckpt_dir, "model.pdparams"))
+    load_pretrained(model, os.path.join(ckpt_dir, "model.pdparams"), resuming=True)
     # a pickle too: the same guarded loader as the weights
     optimizer.set_state_dict(load_state(os.path.join(ckpt_dir, "model.pdopt")))
     return int(_ITER_DIR.match(os.path.basename(ckpt_dir)).group(1))

@@ -22,8 +22,13 @@ from helpers import ROOT
     (["-m", "mobileseg_paddle", "quant"], "mobileseg quant: error: --config {}: file not found"),
     ([os.path.join(ROOT, "deploy", "slim", "quant", "ptq.py")],
      "mobileseg quant: error: --config {}: file not found"),
+    ([os.path.join(ROOT, "deploy", "slim", "quant", "qat_train.py")],
+     "mobileseg train: error: --config {}: file not found"),
+    ([os.path.join(ROOT, "deploy", "slim", "quant", "qat_export.py")],
+     "mobileseg quant: error: --config {}: file not found"),
 ], ids=["mobileseg-export", "deploy/export.py", "mobileseg-train", "deploy/python/infer.py",
-        "mobileseg-quant", "deploy/slim/quant/ptq.py"])
+        "mobileseg-quant", "deploy/slim/quant/ptq.py", "deploy/slim/quant/qat_train.py",
+        "deploy/slim/quant/qat_export.py"])
 def test_missing_config_is_one_stderr_line(tmp_path, argv, expected):
     missing = str(tmp_path / "missing.yml")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # the code's filter only

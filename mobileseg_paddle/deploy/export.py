@@ -218,6 +218,8 @@ class Quantization(NamedTuple):
     batches: list
     algo: str
     info: dict
+    # "post-training", or "quantization-aware training" for weights of ``train --quant``
+    method: str = "post-training"
 
 
 def export(config, save_dir, model_path=None, input_shape=None, output_op="argmax",
@@ -278,7 +280,7 @@ def export(config, save_dir, model_path=None, input_shape=None, output_op="argma
                 files, engine_info = {"onnx": save_onnx(net, tmp, shape, opset)}, None
             mean, std = normalization(cfg)
             precision = None if quant is None else {
-                "name": "int8", "method": "post-training", "calibration": dict(quant.info)}
+                "name": "int8", "method": quant.method, "calibration": dict(quant.info)}
             info = deploy_yaml.make(cfg, int(model.num_classes), shape, output_op, fmt, files,
                                     mean, std, f"mobileseg_paddle {mobileseg_paddle.__version__}",
                                     paddle.__version__, config, engine_info, precision)

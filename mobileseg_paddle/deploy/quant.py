@@ -8,7 +8,9 @@
 Calibration images: ``--num_calib`` images spread evenly over the config's ``train_dataset``,
 read through the config's *validation* transforms (what inference sees), one image per batch
 at its own size. Weights are quantized per output channel (abs-max), activations per tensor
-with the scales ``--algo`` finds on the calibration images.
+with the scales ``--algo`` finds on the calibration images. ``--model_path`` may be a checkpoint
+of quantization-aware training (``mobileseg train --quant``, see ``mobileseg_paddle.qat``): its
+float weights are quantized the same way and deploy.yaml records the method.
 
 What each runtime accepts (Paddle 3.3.1, paddle2onnx 2.1.0, Paddle Lite 2.13):
 
@@ -451,10 +453,26 @@ def quantize(config, save_dir, model_path=None, num_calib=DEFAULT_NUM_CALIB, alg
     else:
         info = calibration_info(len(batches), algo, source="given", shapes=[b.shape for b in batches])
     kwargs = {} if opset is None else {"opset": opset}
+    method = "post-training"
+    if model_path is not None and _quantization_aware(model_path):
+        method = "quantization-aware training"
+        print(f"{model_path}: weights of quantization-aware training; activation scales "
+              f"calibrated again", flush=True)
     return ex.export(config, save_dir, model_path=model_path, input_shape=input_shape,
                      output_op=output_op, fmt=fmt, program="legacy", model=model,
                      engine=engine, tune_shape=tune_shape, tune_threads=tune_threads,
-                     quant=ex.Quantization(batches, algo, info), **kwargs)
+                     quant=ex.Quantization(batches, algo, info, method), **kwargs)
+
+
+def _quantization_aware(model_path):
+    from mobileseg_paddle.checkpoint import load_state, resolve_weights
+    from mobileseg_paddle.qat import has_quanters
+
+    try:
+        state = load_state(resolve_weights(model_path))
+    except UserError as e:
+        raise UserError(f"--model_path: {e}") from None
+    return isinstance(state, dict) and has_quanters(state)
 
 
 def _refuse_quantized_weights(model_path):

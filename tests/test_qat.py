@@ -1,0 +1,148 @@
+"""Quantization-aware fine-tuning (``mobileseg train --quant``) through PaddleSeg's trainer, on a
+tiny MobileSeg-MobileNetV2 x0.25 with random weights and BatchNorm statistics: what the
+checkpoint holds, that the training-time fake quantization computes what the INT8 export
+(``mobileseg quant`` of that checkpoint) runs, and resuming."""
+
+import os
+import shutil
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import pytest
+
+from helpers.numerics import max_rel_err, randomize_
+from helpers.train_helpers import config_dict, make_data, run_module, write_config
+from mobileseg_paddle import qat
+from mobileseg_paddle.builder import build_model
+from mobileseg_paddle.checkpoint import load_pretrained
+from mobileseg_paddle.config import load_config
+from mobileseg_paddle.deploy import quant as Q
+from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
+from mobileseg_paddle.deploy.runners import PredictorOptions, create_runner
+
+pytestmark = pytest.mark.slow  # trains and exports real models
+
+SIZE, ITERS = 96, 6
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(config, starting weights, save_dir, stdout) of ``train --quant`` for ITERS iterations
+    from randomized weights, checkpoints at ITERS/2 and ITERS (a subprocess, as users run it:
+    the optimizer state is keyed by parameter names, which depend on what the process built
+    before)."""
+    root = tmp_path_factory.mktemp("qat")
+    data = make_data(root / "data", num_train=8, num_val=3, size=SIZE)
+    config = write_config(root / "tiny.yml", config_dict(data, iters=ITERS, lr=0.01))
+    model, _ = build_model(config, drop_pretrained=True)
+    randomize_(model, seed=11)
+    start = str(root / "start.pdparams")
+    paddle.save(model.state_dict(), start)
+    save_dir = root / "out"
+    proc = run_module("train", "--config", config, "--device", "cpu", "--quant", "--model_path",
+                      start, "--save_dir", save_dir, "--save_interval", ITERS // 2, "--seed", 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return config, start, save_dir, proc.stdout
+
+
+def test_every_convolution_trains_fake_quantized_from_the_given_weights(run):
+    config, start, save_dir, stdout = run
+    model, _ = build_model(config, drop_pretrained=True)
+    convs = [name for name, m in model.named_sublayers() if isinstance(m, nn.Conv2D)]
+    assert len(convs) > 40  # depthwise ones included
+    assert f"quantization-aware training: {len(convs)} convolutions fake-quantized" in stdout
+    state = paddle.load(str(save_dir / f"iter_{ITERS}" / "model.pdparams"))
+    own = model.state_dict()
+    quanters = {f"{c}._fake_quant_{k}" for c in convs
+                for k in ("weight._scale", "input._scale", "input._state", "input._accum")}
+    assert set(state) == set(own) | quanters
+    for c in convs:
+        out_channels = own[f"{c}.weight"].shape[0]
+        assert list(state[f"{c}._fake_quant_weight._scale"].shape) == [out_channels]
+        scale = float(state[f"{c}._fake_quant_input._scale"].numpy()[0])
+        assert np.isfinite(scale) and scale > 0, c  # the moving average of the inputs' abs-max
+    # fine-tuned from the given weights: moved, but not far in 6 small steps
+    first = paddle.load(start)
+    trained = [n for n, p in model.named_parameters() if not p.stop_gradient]
+    changes = [max_rel_err(state[k].numpy(), first[k].numpy()) for k in trained]
+    assert max(changes) > 1e-4 and np.median(changes) < 0.2, (max(changes), np.median(changes))
+
+
+def test_int8_export_of_the_checkpoint(run, tmp_path):
+    """``mobileseg quant`` takes the checkpoint as any weights (its float part; the activation
+    scales calibrated again, in eval mode) and records how the weights were trained."""
+    config, _, save_dir, _ = run
+    weights = str(save_dir / f"iter_{ITERS}" / "model.pdparams")
+    dep = DeployConfig(os.path.dirname(Q.quantize(
+        config, str(tmp_path / "int8"), model_path=weights, num_calib=8, output_op="none",
+        engine="onednn")))
+    assert dep.precision == "int8"
+    assert dep.info["precision"]["method"] == "quantization-aware training"
+
+    fp32, _ = build_model(config, weights)  # a float model takes the float weights
+    simulated, _ = build_model(config, drop_pretrained=True)
+    qat.quantization_aware(simulated)
+    load_pretrained(simulated, weights, resuming=True)  # with the trained scales
+    simulated.eval()
+    runner = create_runner(dep, "auto", PredictorOptions(cpu_threads=1))
+    from paddleseg.cvlibs import SegBuilder
+    val = SegBuilder(load_config(config)).val_dataset
+    try:
+        for i in range(len(val)):
+            x = np.asarray(val[i]["img"], np.float32)[None]
+            with paddle.no_grad():
+                f = fp32(paddle.to_tensor(x))[0].numpy()
+                s = simulated(paddle.to_tensor(x))[0].numpy()
+            q = runner(x)
+            assert np.abs(f).mean() > 0.1  # real magnitudes
+            # measured 0.079-0.128 of the largest logit, 96.2-97.6 % of the labels
+            assert 0 < max_rel_err(q, f) < 0.2 and (q.argmax(1) == f.argmax(1)).mean() >= 0.94
+            # evaluated, the trained model still rounds like INT8 (its scales: the moving
+            # averages of train-mode batches, which random weights make far from eval mode's)
+            assert max_rel_err(s, f) > 0.01
+    finally:
+        runner.close()
+
+
+def _one_error(proc, *fragments):
+    errors = [s for s in proc.stderr.splitlines() if s.startswith("mobileseg train: error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    for f in fragments:
+        assert f in errors[0], errors[0]
+
+
+def test_resume_keeps_quantizing_and_refuses_a_mismatch(run, tmp_path):
+    config, start, save_dir, _ = run
+    half = save_dir / f"iter_{ITERS // 2}"
+    # resumed with --quant: it continues to ITERS, the scales carried on from the checkpoint
+    out = tmp_path / "resumed"
+    shutil.copytree(half, out / half.name)
+    proc = run_module("train", "--config", config, "--device", "cpu", "--quant", "--save_dir",
+                      out, "--resume_model", out / half.name, "--save_interval", ITERS // 2,
+                      "--log_iters", 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"iter: {ITERS // 2 + 1}/{ITERS}" in proc.stdout
+    assert f"iter: {ITERS // 2}/" not in proc.stdout
+    assert qat.has_quanters(paddle.load(str(out / f"iter_{ITERS}" / "model.pdparams")))
+
+    # without --quant: one line, nothing trained
+    proc = run_module("train", "--config", config, "--device", "cpu", "--save_dir", out,
+                      "--resume_model", out / half.name)
+    _one_error(proc, "quantization-aware training", "resume it with --quant")
+    # a float checkpoint resumed with --quant
+    flt = tmp_path / "float" / half.name
+    shutil.copytree(half, flt)
+    state = paddle.load(str(flt / "model.pdparams"))
+    paddle.save(qat.float_state(state), str(flt / "model.pdparams"))
+    proc = run_module("train", "--config", config, "--device", "cpu", "--quant", "--save_dir",
+                      flt.parent, "--resume_model", flt)
+    _one_error(proc, "a float checkpoint", "--quant --model_path")
+    assert sorted(os.listdir(flt.parent)) == [half.name]
+
+
+def test_float_state_keeps_keys_that_only_look_like_quantizers():
+    w = np.zeros([2, 1, 1, 1], np.float32)
+    state = {"a.weight": w, "a._fake_quant_weight._scale": np.ones(2, np.float32),
+             "b._fake_quant_input._scale": np.ones(1, np.float32)}  # no b.weight: not a quantizer
+    assert set(qat.float_state(state)) == {"a.weight", "b._fake_quant_input._scale"}
