@@ -422,7 +422,8 @@ def test_tensorrt_and_onednn_configuration_of_an_int8_export(exports, tmp_path):
         P.make_config(int8, PredictorOptions(device="gpu", use_trt=True, precision="fp16",
                                              shape_range_file=str(shapes)), RecordingConfig)
     cpu = P.make_config(int8, PredictorOptions(engine="onednn"), RecordingConfig)
-    assert cpu.called("enable_mkldnn") and cpu.called("enable_mkldnn_int8")
+    assert cpu.called("enable_mkldnn")
+    assert cpu.called("enable_mkldnn_int8") == [((set(P.ONEDNN_INT8_OPS),), {})]
     # OpenVINO: its own program and parameters, in its float32 mode (the program's
     # quantize/dequantize pairs make its convolutions int8)
     ov = P.make_config(int8, PredictorOptions(engine="openvino",

@@ -50,6 +50,12 @@ TRT_PRECISIONS = {"fp32": "Float32", "fp16": "Half", "int8": "Int8"}  # -> pi.Pr
 BF16_OPS = ("conv2d", "fused_conv2d", "depthwise_conv2d", "pool2d", "elementwise_add",
             "elementwise_mul", "concat", "sigmoid", "relu", "matmul_v2", "fc")
 
+# the ops oneDNN runs in int8 for an INT8 export: the convolutions, under the names oneDNN's
+# fusion passes give them. By default it also runs in int8 the pooling, concat, elementwise ops
+# and GhostNet's squeeze-excitation fully-connected layers, with the scales the calibration
+# recorded on them: that cost accuracy (GhostNet, Lite-HRNet-18) and was no faster (README)
+ONEDNN_INT8_OPS = ("conv2d", "depthwise_conv2d", "fused_conv2d")
+
 
 def check_device(opts):
     """Refuse GPU/TensorRT on a Paddle build that lacks them, with one line."""
@@ -110,7 +116,7 @@ def _onednn(config, files, opts):
     config.enable_mkldnn()
     config.set_mkldnn_cache_capacity(opts.onednn_cache_capacity)
     if opts.precision == "int8":  # the quantize/dequantize pairs become oneDNN int8 kernels
-        config.enable_mkldnn_int8()
+        config.enable_mkldnn_int8(set(ONEDNN_INT8_OPS))
     elif opts.precision == "bf16":
         if not core.supports_bfloat16():
             raise UserError("--precision bf16: this CPU has no bfloat16 support for oneDNN "
