@@ -148,7 +148,7 @@ def quickstart_case(args, name):
         # the membrane recipe's optimizer (tests/helpers/membrane.py); the rest as the quick start
         dic["optimizer"] = {"type": "Adam", "weight_decay": 1.0e-4}
         dic["lr_scheduler"]["learning_rate"] = args.adam_lr
-        suffix = f"_adam{args.adam_lr:g}"
+        suffix = f"_adam{args.adam_lr:g}" + suffix
     work = os.path.join(args.work_dir, name)
     config = write_yaml(os.path.join(work, f"{name}{suffix}_{args.iters}.yml"), dic)
     weights, seconds = train(config, os.path.join(work, f"train{suffix}_{args.iters}"),
