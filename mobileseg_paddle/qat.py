@@ -19,7 +19,7 @@ import re
 
 from .errors import UserError
 
-# the state of one quantizer of a wrapped convolution: (the convolution's prefix, the rest)
+# the state of one quantizer of a wrapped convolution (group 1: the convolution's prefix)
 QUANTER_KEY = re.compile(r"(.+)\._fake_quant_(?:weight\._scale|input\._(?:scale|state|accum))")
 MOVING_RATE = 0.9
 
