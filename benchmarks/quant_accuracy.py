@@ -456,7 +456,7 @@ def main(argv=None):
 def qat_case(args, cases, out_json, key, case, config, weights, exports):
     """Quantization-aware fine-tuning of ``key``'s trained weights (``mobileseg train --quant
     --model_path``, ``--qat_iters`` at ``--qat_lr``), then its INT8 exports measured against
-    the original FP32 model; recorded as ``<key>+qat<iters>``."""
+    the original FP32 model; recorded as ``<key>+qat<iters>_lr<lr>``."""
     t0 = time.time()
     tag = f"qat{args.qat_iters}_lr{args.qat_lr:g}"
     qat_weights, qat_s = train(
