@@ -9,18 +9,23 @@ A wrapped convolution keeps its parameters under their own keys (``<conv>.weight
 and adds the quantizers' state (``<conv>._fake_quant_weight._scale``,
 ``<conv>._fake_quant_input._scale/_state/_accum``), so a checkpoint of this training is the
 float model's state dict plus those keys. Everything that loads weights into a float model
-(``val``, ``predict``, ``export``, ``quant``) takes the float part (``float_state``);
-``mobileseg quant`` then calibrates the activation scales on the training images again (its
-``avg``: the mean of per-image abs-max, the statistic the moving average tracks) and writes the
-INT8 export the same way as for any weights. Resuming such a run needs ``--quant`` again.
+(``val``, ``predict``, ``export``, ``quant``) takes the float part (``float_state``).
+``mobileseg quant`` writes the INT8 export with the input scales training learned
+(``input_scales``: the weights adapted to them) and calibrates only what training did not
+quantize (``--qat_scales calibrated``: every scale found again). Resuming such a run needs
+``--quant`` again.
 """
 
+import hashlib
 import re
+
+import numpy as np
 
 from .errors import UserError
 
 # the state of one quantizer of a wrapped convolution (group 1: the convolution's prefix)
 QUANTER_KEY = re.compile(r"(.+)\._fake_quant_(?:weight\._scale|input\._(?:scale|state|accum))")
+INPUT_SCALE_KEY = re.compile(r"(.+)\._fake_quant_input\._scale")
 MOVING_RATE = 0.9
 
 
@@ -55,6 +60,25 @@ def float_state(state):
         if m is None or f"{m.group(1)}.weight" not in state:
             kept[k] = v
     return kept
+
+
+def weight_digest(weight):
+    """A convolution's identity across dygraph and exported programs: its float32 weight's
+    shape and bytes (names change with tracing; the weights are written unchanged)."""
+    a = np.ascontiguousarray(np.asarray(weight, dtype=np.float32))
+    return hashlib.sha1(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def input_scales(state):
+    """{``weight_digest`` of a wrapped convolution's weight: the abs-max scale of its input
+    that training learned} of a checkpoint's ``state``."""
+    scales = {}
+    for k, v in state.items():
+        m = INPUT_SCALE_KEY.fullmatch(k)
+        weight = state.get(f"{m.group(1)}.weight") if m else None
+        if weight is not None:
+            scales[weight_digest(weight)] = float(np.asarray(v, dtype=np.float32).reshape(-1)[0])
+    return scales
 
 
 def mismatch_hint(missing, unexpected):

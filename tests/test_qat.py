@@ -1,9 +1,11 @@
 """Quantization-aware fine-tuning (``mobileseg train --quant``) through PaddleSeg's trainer, on a
 tiny MobileSeg-MobileNetV2 x0.25 with random weights and BatchNorm statistics: what the
-checkpoint holds, that the training-time fake quantization computes what the INT8 export
-(``mobileseg quant`` of that checkpoint) runs, and resuming."""
+checkpoint holds, the INT8 export of that checkpoint (``mobileseg quant``) with the input scales
+training learned (checked exactly on a two-convolution program) or calibrated ones, and
+resuming."""
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -69,17 +71,29 @@ def test_every_convolution_trains_fake_quantized_from_the_given_weights(run):
     assert max(changes) > 1e-4 and np.median(changes) < 0.2, (max(changes), np.median(changes))
 
 
-def test_int8_export_of_the_checkpoint(run, tmp_path):
-    """``mobileseg quant`` takes the checkpoint as any weights (its float part; the activation
-    scales calibrated again, in eval mode) and records how the weights were trained."""
+@pytest.mark.parametrize("qat_scales", Q.QAT_SCALES)
+def test_int8_export_of_the_checkpoint(run, tmp_path, capsys, qat_scales):
+    """``mobileseg quant`` takes the checkpoint's float part as the weights, and records how
+    they were trained. trained: every convolution's input quantized with the scale training
+    learned, so the export computes what the evaluated QAT model simulates; calibrated: found
+    again in eval mode, so it stays near the float model."""
     config, _, save_dir, _ = run
     weights = str(save_dir / f"iter_{ITERS}" / "model.pdparams")
     dep = DeployConfig(os.path.dirname(Q.quantize(
         config, str(tmp_path / "int8"), model_path=weights, num_calib=8, output_op="none",
-        engine="onednn")))
+        engine="onednn", qat_scales=qat_scales)))
     assert dep.precision == "int8"
     assert dep.info["precision"]["method"] == "quantization-aware training"
+    assert dep.info["precision"]["calibration"]["activations"] == (
+        "trained (avg where training learned none)" if qat_scales == "trained" else "avg")
 
+    # every convolution of the program (the training-only auxiliary heads are not in it)
+    found = re.findall(r"input scales of (\d+) of (\d+) convolutions from quantization-aware "
+                       r"training", capsys.readouterr().out)
+    if qat_scales == "trained":
+        assert len(found) == 1 and found[0][0] == found[0][1] and int(found[0][0]) > 40
+    else:
+        assert not found
     fp32, _ = build_model(config, weights)  # a float model takes the float weights
     simulated, _ = build_model(config, drop_pretrained=True)
     qat.quantization_aware(simulated)
@@ -96,11 +110,17 @@ def test_int8_export_of_the_checkpoint(run, tmp_path):
                 s = simulated(paddle.to_tensor(x))[0].numpy()
             q = runner(x)
             assert np.abs(f).mean() > 0.1  # real magnitudes
-            # measured 0.079-0.128 of the largest logit, 96.2-97.6 % of the labels
-            assert 0 < max_rel_err(q, f) < 0.2 and (q.argmax(1) == f.argmax(1)).mean() >= 0.94
-            # evaluated, the trained model still rounds like INT8 (its scales: the moving
-            # averages of train-mode batches, which random weights make far from eval mode's)
+            # the evaluated QAT model does round (its scales: moving averages of train-mode
+            # batches, which random weights make far from eval mode's)
             assert max_rel_err(s, f) > 0.01
+            same_f, same_s = (q.argmax(1) == f.argmax(1)).mean(), (q.argmax(1) == s.argmax(1)).mean()
+            if qat_scales == "trained":
+                # with those scales the export follows the simulation, not the float model:
+                # measured 82.6-85.5 % of the labels against 72.0-75.6 %
+                assert same_s > same_f + 0.05
+            else:
+                # measured 0.084-0.127 of the largest logit, 96.0-97.8 % of the labels
+                assert 0 < max_rel_err(q, f) < 0.2 and same_f >= 0.94
     finally:
         runner.close()
 
@@ -146,3 +166,49 @@ def test_float_state_keeps_keys_that_only_look_like_quantizers():
     state = {"a.weight": w, "a._fake_quant_weight._scale": np.ones(2, np.float32),
              "b._fake_quant_input._scale": np.ones(1, np.float32)}  # no b.weight: not a quantizer
     assert set(qat.float_state(state)) == {"a.weight", "b._fake_quant_input._scale"}
+
+
+class _TwoConvs(nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2D(3, 8, 3, padding=1), nn.Conv2D(8, 4, 1)
+
+    def forward(self, x):
+        return self.conv2(nn.functional.relu(self.conv1(x)))
+
+
+def test_trained_input_scales_replace_the_calibrated_ones(tmp_path):
+    """The program's input scale of each convolution is the one of the checkpoint's quantizer
+    for the convolution with that weight; without them, the calibrated one (larger here)."""
+    from mobileseg_paddle.deploy.export import save_paddle_programs
+
+    paddle.seed(3)
+    net = _TwoConvs()
+    net.eval()
+    save_paddle_programs(net, str(tmp_path / "fp32"), [1, 3, 16, 16], "legacy")
+    qnet = _TwoConvs()
+    qat.quantization_aware(qnet)
+    qnet.set_state_dict(net.state_dict())
+    state = {k: v.numpy() for k, v in qnet.state_dict().items()}
+    state["conv1._fake_quant_input._scale"] = np.array([0.75], np.float32)
+    state["conv2._fake_quant_input._scale"] = np.array([0.125], np.float32)
+    batches = [np.random.default_rng(i).uniform(-4, 4, (1, 3, 16, 16)).astype("float32")
+               for i in range(4)]
+
+    def conv_input_scales(input_scales):
+        out = str(tmp_path / ("trained" if input_scales else "calibrated"))
+        Q.quantize_program(str(tmp_path / "fp32"), out, batches, input_scales=input_scales)
+        with Q._legacy_static():
+            scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
+            with paddle.static.scope_guard(scope):
+                program, _, _ = paddle.static.load_inference_model(os.path.join(out, "model"), exe)
+                ops = program.global_block().ops
+                dequantized = {op.output("Y")[0]: op.input("Scale")[0] for op in ops
+                               if op.type == "dequantize_linear"}
+                return [float(np.array(scope.find_var(dequantized[op.input("Input")[0]])
+                                       .get_tensor()).reshape(-1)[0])
+                        for op in ops if op.type in Q.CONV_OPS]
+
+    assert conv_input_scales(qat.input_scales(state)) == [0.75, 0.125]
+    calibrated = conv_input_scales(None)
+    assert calibrated[0] > 3.5 and calibrated[1] > 0.125  # abs-max of the batches, averaged

@@ -220,6 +220,8 @@ class Quantization(NamedTuple):
     info: dict
     # "post-training", or "quantization-aware training" for weights of ``train --quant``
     method: str = "post-training"
+    # the convolutions' input scales quantization-aware training learned (quant.quantize_program)
+    input_scales: dict = None
 
 
 def export(config, save_dir, model_path=None, input_shape=None, output_op="argmax",
@@ -318,11 +320,13 @@ def _save_int8(net, openvino_net, tmp, shape, fmt, opset, quant):
     with tempfile.TemporaryDirectory(prefix="fp32-", dir=tmp) as scratch:
         if fmt == "paddle":
             save_paddle_programs(net, scratch, shape, "legacy", openvino_net)
-            q.quantize_program(scratch, tmp, quant.batches, quant.algo)
+            q.quantize_program(scratch, tmp, quant.batches, quant.algo,
+                               input_scales=quant.input_scales)
             files = {"legacy": "model.pdmodel", "params": "model.pdiparams"}
             if openvino_net is not None:
                 q.quantize_program(scratch, tmp, quant.batches, quant.algo,
-                                   model_filename="model.openvino.pdmodel", vector_scales=True)
+                                   model_filename="model.openvino.pdmodel", vector_scales=True,
+                                   input_scales=quant.input_scales)
                 files.update(openvino="model.openvino.pdmodel",
                              openvino_params="model.openvino.pdiparams")
             return files

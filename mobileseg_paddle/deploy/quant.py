@@ -10,7 +10,9 @@ read through the config's *validation* transforms (what inference sees), one ima
 at its own size. Weights are quantized per output channel (abs-max), activations per tensor
 with the scales ``--algo`` finds on the calibration images. ``--model_path`` may be a checkpoint
 of quantization-aware training (``mobileseg train --quant``, see ``mobileseg_paddle.qat``): its
-float weights are quantized the same way and deploy.yaml records the method.
+float weights are quantized the same way, its convolutions' inputs with the scales training
+learned (``--qat_scales trained``; ``calibrated``: found again like the rest), and deploy.yaml
+records the method.
 
 What each runtime accepts (Paddle 3.3.1, paddle2onnx 2.1.0, Paddle Lite 2.13):
 
@@ -60,6 +62,8 @@ MIN_NUM_CALIB = 4  # fewer images give scales of a handful of pixels' extremes
 QUANTIZABLE_OPS = ("conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2")
 WEIGHT_QUANTIZE = "channel_wise_abs_max"
 QUANT_OPS = ("quantize_linear", "dequantize_linear")
+CONV_OPS = ("conv2d", "depthwise_conv2d")
+QAT_SCALES = ("trained", "calibrated")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,13 +222,16 @@ def _linear_time_graph_edits():
 
 
 def quantize_program(src_dir, dst_dir, batches, algo=DEFAULT_ALGO, model_filename="model.pdmodel",
-                     params_filename="model.pdiparams", input_name="x", vector_scales=False):
+                     params_filename="model.pdiparams", input_name="x", vector_scales=False,
+                     input_scales=None):
     """Quantize the legacy program ``src_dir/model_filename`` (with ``params_filename``) on
     ``batches`` (float32 NCHW arrays) and write it to ``dst_dir`` as ``model_filename`` with
     the parameters beside it under the program's name (``model.pdmodel`` -> ``model.pdiparams``,
     ``model.openvino.pdmodel`` -> ``model.openvino.pdiparams``), in the
     ``quantize_linear``/``dequantize_linear`` form with int8 weights. ``vector_scales``: the
-    per-tensor scales stored with shape [1] (``_scales_as_vectors``), for OpenVINO. Prints
+    per-tensor scales stored with shape [1] (``_scales_as_vectors``), for OpenVINO.
+    ``input_scales`` ({``qat.weight_digest``: scale}, quantization-aware training's): the input
+    scale of each convolution with one of those weights, in place of the calibrated one. Prints
     Paddle's progress bars (one per stage, batch by batch)."""
     import paddle
     from paddle.static.quantization import PostTrainingQuantization
@@ -243,6 +250,8 @@ def quantize_program(src_dir, dst_dir, batches, algo=DEFAULT_ALGO, model_filenam
                 data_loader=lambda: ({input_name: b} for b in batches),
                 batch_nums=len(batches), algo=algo, quantizable_op_type=list(QUANTIZABLE_OPS),
                 weight_quantize_type=WEIGHT_QUANTIZE, onnx_format=True)
+            if input_scales:
+                _with_trained_scales(ptq, input_scales)
             ptq.quantize()
             ptq._fetch_list = _float_tail(ptq._program, ptq._fetch_list)
             if vector_scales:
@@ -250,6 +259,38 @@ def quantize_program(src_dir, dst_dir, batches, algo=DEFAULT_ALGO, model_filenam
             ptq.save_quantized_model(dst_dir, model_filename=model_filename,
                                      params_filename=params_filename)
     return dst_dir
+
+
+def _with_trained_scales(ptq, scales):
+    """Have ``ptq`` (a ``PostTrainingQuantization``) write ``scales`` (see ``quantize_program``)
+    as the thresholds of its convolutions' inputs: set between its calibration and the program
+    update that stores the thresholds (an input read by several convolutions takes the largest,
+    so none clips)."""
+    from mobileseg_paddle.qat import weight_digest
+
+    update = ptq._update_program
+
+    def update_with_trained_scales():
+        thresholds = (ptq._quantized_var_threshold if ptq._algo in ("KL", "hist")
+                      else ptq._quantized_threshold)
+        trained, convs = {}, 0
+        for op in ptq._program.global_block().ops:
+            if op.type not in CONV_OPS:
+                continue
+            convs += 1
+            weight = np.array(ptq._scope.find_var(op.input("Filter")[0]).get_tensor())
+            scale = scales.get(weight_digest(weight))
+            x = op.input("Input")[0]
+            if scale is not None and x in thresholds:
+                trained[x] = max(trained.get(x, 0.0), scale)
+        thresholds.update(trained)
+        found = sum(op.type in CONV_OPS and op.input("Input")[0] in trained
+                    for op in ptq._program.global_block().ops)
+        print(f"input scales of {found} of {convs} convolutions from quantization-aware "
+              f"training", flush=True)
+        update()
+
+    ptq._update_program = update_with_trained_scales
 
 
 def _float_tail(program, fetch_list):
@@ -430,17 +471,22 @@ def evaluate(runners, cfg, config_name="--config", log=print):
 
 def quantize(config, save_dir, model_path=None, num_calib=DEFAULT_NUM_CALIB, algo=DEFAULT_ALGO,
              fmt="paddle", input_shape=None, output_op="argmax", opset=None, model=None,
-             batches=None, engine="auto", tune_shape=None, tune_threads=0):
+             batches=None, engine="auto", tune_shape=None, tune_threads=0, qat_scales="trained"):
     """Write an INT8 export of ``config``'s model into ``save_dir``; returns its deploy.yaml.
     ``batches`` (optional) replaces the calibration images of the config (the benchmark passes
     inputs of its own). ``engine`` (Paddle format): auto quantizes a program for oneDNN (and
     Lite) and one for OpenVINO and records the faster, as ``mobileseg export --engine auto``
     (``tune_shape``/``tune_threads`` as ``export``'s); openvino writes both and records
-    OpenVINO; onednn writes and records oneDNN's only."""
+    OpenVINO; onednn writes and records oneDNN's only. ``qat_scales`` (``QAT_SCALES``): for a
+    checkpoint of quantization-aware training, the convolutions' input scales it learned
+    (trained; ``--format onnx`` calibrates all the same) or calibrated ones."""
     from mobileseg_paddle.config import load_config
     from mobileseg_paddle.deploy import export as ex
 
     check_calibration(num_calib, algo, fmt)
+    if qat_scales not in QAT_SCALES:
+        raise UserError(f"--qat_scales: expected one of {', '.join(QAT_SCALES)}, got "
+                        f"{qat_scales!r}")
     if model_path is not None:
         _refuse_quantized_weights(model_path)
     if batches is None:
@@ -453,18 +499,24 @@ def quantize(config, save_dir, model_path=None, num_calib=DEFAULT_NUM_CALIB, alg
     else:
         info = calibration_info(len(batches), algo, source="given", shapes=[b.shape for b in batches])
     kwargs = {} if opset is None else {"opset": opset}
-    method = "post-training"
-    if model_path is not None and _quantization_aware(model_path):
+    method, scales = "post-training", None
+    state = _quantization_aware(model_path) if model_path is not None else None
+    if state is not None:
+        from mobileseg_paddle.qat import input_scales
         method = "quantization-aware training"
-        print(f"{model_path}: weights of quantization-aware training; activation scales "
-              f"calibrated again", flush=True)
+        if qat_scales == "trained" and fmt == "paddle":
+            scales = input_scales(state)
+            info["activations"] = f"trained ({algo} where training learned none)"
+        print(f"{model_path}: weights of quantization-aware training; the convolutions' input "
+              f"scales {'as trained' if scales else 'calibrated again'}", flush=True)
     return ex.export(config, save_dir, model_path=model_path, input_shape=input_shape,
                      output_op=output_op, fmt=fmt, program="legacy", model=model,
                      engine=engine, tune_shape=tune_shape, tune_threads=tune_threads,
-                     quant=ex.Quantization(batches, algo, info, method), **kwargs)
+                     quant=ex.Quantization(batches, algo, info, method, scales), **kwargs)
 
 
 def _quantization_aware(model_path):
+    """The state of ``model_path`` if it is a checkpoint of quantization-aware training."""
     from mobileseg_paddle.checkpoint import load_state, resolve_weights
     from mobileseg_paddle.qat import has_quanters
 
@@ -472,7 +524,7 @@ def _quantization_aware(model_path):
         state = load_state(resolve_weights(model_path))
     except UserError as e:
         raise UserError(f"--model_path: {e}") from None
-    return isinstance(state, dict) and has_quanters(state)
+    return state if isinstance(state, dict) and has_quanters(state) else None
 
 
 def _refuse_quantized_weights(model_path):
@@ -504,6 +556,10 @@ def build_parser():
                         f"{DEFAULT_NUM_CALIB}, at least {MIN_NUM_CALIB})")
     p.add_argument("--algo", default=DEFAULT_ALGO, choices=ALGOS,
                    help="how activation scales are found on the calibration images")
+    p.add_argument("--qat_scales", default="trained", choices=QAT_SCALES,
+                   help="a checkpoint of mobileseg train --quant: its convolutions' input scales "
+                        "as training learned them, or calibrated like the rest (paddle format; "
+                        "onnx calibrates all)")
     p.add_argument("--format", default="paddle", choices=("paddle", "onnx"))
     p.add_argument("--input_shape", nargs="+", default=None, metavar="DIM",
                    help="input shape N C H W; -1 for a dynamic dimension (default: -1 3 -1 -1)")
@@ -524,7 +580,7 @@ def main(argv=None):
         path = quantize(args.config, args.save_dir, model_path=args.model_path,
                         num_calib=args.num_calib, algo=args.algo, fmt=args.format,
                         input_shape=args.input_shape, output_op=args.output_op,
-                        engine=args.engine)
+                        engine=args.engine, qat_scales=args.qat_scales)
         print(f"quantized to {os.path.dirname(path)} (deploy.yaml, {args.format}, int8)")
         if args.eval:
             report_accuracy(args.config, args.model_path, os.path.dirname(path), args.format)

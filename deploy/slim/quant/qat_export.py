@@ -2,8 +2,9 @@
 deploy/slim/quant/qat_export.py --config ... --model_path <checkpoint of qat_train.py> --save_dir
 ...`` writes the INT8 export of quantization-aware training's weights.
 
-The same as ``mobileseg quant`` (``mobileseg_paddle.deploy.quant``): the activation scales are
-calibrated again on the training images (``--num_calib``, ``--algo``)."""
+The same as ``mobileseg quant`` (``mobileseg_paddle.deploy.quant``): the convolutions' input
+scales as training learned them (``--qat_scales calibrated``: found again on the training images,
+``--num_calib``, ``--algo``)."""
 
 import os
 import sys
