@@ -1,10 +1,11 @@
 """deploy/export.py: what an export writes, the deploy-time rewrites (same maths), and that a
 failed export leaves nothing behind.
 
-The exports of the five models are shared with tests/test_infer.py and
-tests/test_deploy_bad_input.py through ``exports()``: built once per test session, in two
-worker processes (tracing is single-threaded Python, and Lite-HRNet alone takes most of a
-minute), through the command line ``main()``."""
+The exports of the five models are shared with the other deploy tests (test_infer.py,
+test_deploy_bad_input.py, runners/) through ``exports()``: built once per test session for all
+its processes (helpers/shared.py), in two subprocesses (tracing is single-threaded Python, and
+Lite-HRNet alone takes most of a minute), through the command line ``main()``. Tests only read
+them (or copy them)."""
 
 import atexit
 import functools
@@ -25,6 +26,7 @@ import yaml
 import mobileseg_paddle.register  # noqa: F401  (registers the MSP_ components)
 from helpers import ROOT
 from helpers.numerics import max_rel_err, randomize_
+from helpers.shared import once
 from mobileseg_paddle.builder import without_pretrained
 from mobileseg_paddle.deploy import export as E
 from mobileseg_paddle.deploy.deploy_yaml import (
@@ -65,12 +67,11 @@ def reference_model(name):
     return model, path
 
 
-def _jobs(name, weights):
-    """The exports each model gets: kind -> export argv."""
+def _jobs(name, weights, out):
+    """The exports each model gets into folder ``out``: kind -> export argv."""
     # the engine fixed (no timing), except in "paddle_auto"
     base = ["--config", config_path(name), "--model_path", weights]
     fixed = ["--engine", "onednn"]
-    out = os.path.join(_WORK, name)
     jobs = {
         # logits, dynamic H/W; both programs for MobileNetV2, the legacy one (the program the
         # predictor loads) for the others, to save a PIR trace of each
@@ -106,7 +107,16 @@ _WORKER = textwrap.dedent("""
 @functools.lru_cache(maxsize=None)
 def exports():
     """{model: {kind: export folder}} for all five models (see ``_jobs``)."""
-    plan = {name: _jobs(name, reference_model(name)[1]) for name in MODELS}
+    return once("exports", _build_exports)
+
+
+def _build_exports(folder):
+    plan = {}
+    for name in MODELS:  # the weights beside the exports: the builder's _WORK goes at its exit
+        weights = os.path.join(folder, name, "model.pdparams")
+        os.makedirs(os.path.dirname(weights), exist_ok=True)
+        shutil.copyfile(reference_model(name)[1], weights)
+        plan[name] = _jobs(name, weights, os.path.join(folder, name))
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
     def run(name):

@@ -3,9 +3,9 @@
 builds it in a folder that the controller made for the session (tests/conftest.py), under a
 lock; the others wait for it and read its result back. Without xdist the one process builds it.
 
-Only for results that are plain files, nothing a worker changes afterwards. (The five models'
-exports are still built per worker; since the runner's compile lock, a shared OpenVINO cache
-entry would be safe.)"""
+Only for results that are plain files, nothing a worker changes afterwards (tests copy what
+they would change). The OpenVINO cache entries the workers then compile into the user's cache
+for the same export are safe under the runner's compile lock."""
 
 import json
 import os
