@@ -58,6 +58,7 @@ from quant_accuracy import (  # noqa: E402
     load_cases,
     log,
     print_table,
+    recipe_suffix,
     row_misses,
     save_cases,
 )
@@ -99,7 +100,7 @@ def trained_model(args, name):
                            os.path.join(work, f"train_{n}", f"iter_{n}", "model.pdparams"))
         found = ("MobileNetV2", "membrane (EM, 512x512)", args.membrane_size)
     else:
-        suffix = f"_adam{args.adam_lr:g}" if args.optimizer == "adam" else ""
+        suffix = recipe_suffix(args, name)
         config = os.path.join(work, f"{name}{suffix}_{args.iters}.yml")
         weights = os.path.join(work, f"train{suffix}_{args.iters}", f"iter_{args.iters}",
                                "model.pdparams")

@@ -122,6 +122,13 @@ def membrane_case(args):
     return config, weights, seconds, args.membrane_iters
 
 
+def recipe_suffix(args, name):
+    """What a quick-start case's config and training folder are named after besides the
+    iterations: the optimizer (Adam and its lr) and the cross-entropy of ``CE_BACKBONES``."""
+    return ((f"_adam{args.adam_lr:g}" if args.optimizer == "adam" else "")
+            + ("_ce" if name in CE_BACKBONES else ""))
+
+
 def quickstart_case(args, name):
     """(config, weights, train seconds, iterations) of ``name``'s backbone on the quick
     start's data."""
@@ -140,15 +147,13 @@ def quickstart_case(args, name):
     model["num_classes"] = synthetic.NUM_CLASSES
     dic = quickstart_config(data_dir, args.iters, args.batch_size, synthetic.NUM_CLASSES)
     dic["model"] = model
-    suffix = ""
     if name in CE_BACKBONES:
         dic["loss"] = {"types": [{"type": "MSP_CrossEntropyLoss"}] * 3, "coef": [1, 1, 1]}
-        suffix = "_ce"
     if args.optimizer == "adam":
         # the membrane recipe's optimizer (tests/helpers/membrane.py); the rest as the quick start
         dic["optimizer"] = {"type": "Adam", "weight_decay": 1.0e-4}
         dic["lr_scheduler"]["learning_rate"] = args.adam_lr
-        suffix = f"_adam{args.adam_lr:g}" + suffix
+    suffix = recipe_suffix(args, name)
     work = os.path.join(args.work_dir, name)
     config = write_yaml(os.path.join(work, f"{name}{suffix}_{args.iters}.yml"), dic)
     weights, seconds = train(config, os.path.join(work, f"train{suffix}_{args.iters}"),
