@@ -76,8 +76,12 @@ def input_scales(state):
     for k, v in state.items():
         m = INPUT_SCALE_KEY.fullmatch(k)
         weight = state.get(f"{m.group(1)}.weight") if m else None
-        if weight is not None:
-            scales[weight_digest(weight)] = float(np.asarray(v, dtype=np.float32).reshape(-1)[0])
+        if weight is None:
+            continue
+        value = np.asarray(v, dtype=np.float32).reshape(-1)
+        if value.size != 1 or not np.isfinite(value[0]) or value[0] <= 0:
+            raise UserError(f"{k}: expected one positive finite scale, got {value[:4].tolist()}")
+        scales[weight_digest(weight)] = float(value[0])
     return scales
 
 

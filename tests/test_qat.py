@@ -22,6 +22,7 @@ from mobileseg_paddle.config import load_config
 from mobileseg_paddle.deploy import quant as Q
 from mobileseg_paddle.deploy.deploy_yaml import DeployConfig
 from mobileseg_paddle.deploy.runners import PredictorOptions, create_runner
+from mobileseg_paddle.errors import UserError
 
 pytestmark = pytest.mark.slow  # trains and exports real models
 
@@ -212,3 +213,14 @@ def test_trained_input_scales_replace_the_calibrated_ones(tmp_path):
     assert conv_input_scales(qat.input_scales(state)) == [0.75, 0.125]
     calibrated = conv_input_scales(None)
     assert calibrated[0] > 3.5 and calibrated[1] > 0.125  # abs-max of the batches, averaged
+
+
+@pytest.mark.parametrize("bad", [[0.0], [float("nan")], [-1.0], [1.0, 2.0]])
+def test_a_trained_scale_that_is_no_scale_is_one_error(bad):
+    state = {"a.weight": np.ones((2, 3, 1, 1), np.float32),
+             "a._fake_quant_input._scale": np.array(bad, np.float32)}
+    with pytest.raises(UserError, match=r"^a\._fake_quant_input\._scale: expected one positive "
+                                        r"finite scale, got \["):
+        qat.input_scales(state)
+    state["a._fake_quant_input._scale"] = np.array([0.5], np.float32)
+    assert list(qat.input_scales(state).values()) == [0.5]

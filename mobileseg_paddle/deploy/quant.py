@@ -505,7 +505,10 @@ def quantize(config, save_dir, model_path=None, num_calib=DEFAULT_NUM_CALIB, alg
         from mobileseg_paddle.qat import input_scales
         method = "quantization-aware training"
         if qat_scales == "trained" and fmt == "paddle":
-            scales = input_scales(state)
+            try:
+                scales = input_scales(state)
+            except UserError as e:
+                raise UserError(f"--model_path {model_path}: {e}") from None
             info["activations"] = f"trained ({algo} where training learned none)"
         print(f"{model_path}: weights of quantization-aware training; the convolutions' input "
               f"scales {'as trained' if scales else 'calibrated again'}", flush=True)
