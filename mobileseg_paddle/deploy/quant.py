@@ -273,20 +273,17 @@ def _with_trained_scales(ptq, scales):
     def update_with_trained_scales():
         thresholds = (ptq._quantized_var_threshold if ptq._algo in ("KL", "hist")
                       else ptq._quantized_threshold)
-        trained, convs = {}, 0
-        for op in ptq._program.global_block().ops:
-            if op.type not in CONV_OPS:
-                continue
-            convs += 1
+        convs = [op for op in ptq._program.global_block().ops if op.type in CONV_OPS]
+        trained = {}
+        for op in convs:
             weight = np.array(ptq._scope.find_var(op.input("Filter")[0]).get_tensor())
             scale = scales.get(weight_digest(weight))
             x = op.input("Input")[0]
             if scale is not None and x in thresholds:
                 trained[x] = max(trained.get(x, 0.0), scale)
         thresholds.update(trained)
-        found = sum(op.type in CONV_OPS and op.input("Input")[0] in trained
-                    for op in ptq._program.global_block().ops)
-        print(f"input scales of {found} of {convs} convolutions from quantization-aware "
+        found = sum(op.input("Input")[0] in trained for op in convs)
+        print(f"input scales of {found} of {len(convs)} convolutions from quantization-aware "
               f"training", flush=True)
         update()
 
