@@ -732,7 +732,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work_dir", default=None, help="where exports go (default: a temp folder)")
     p.add_argument("--save_json", default="bench_results.json")
-    p.add_argument("--save_png", default="bench_fps.png")
+    p.add_argument("--save_png", default=None,
+                   help="the FPS chart (default: bench_fps.png beside --save_json; '' for none)")
     p.add_argument("--save_table", default=None, help="also write the table (markdown)")
     p.add_argument("--floor", default=None, choices=("on", "off"),
                    help="measure the float32 matrix-product rate and print each model's floor "
@@ -763,6 +764,26 @@ def protocol_note(args, preset):
             f"{preset['threads'] or 'all'} threads)")
 
 
+def _check_outputs(args):
+    """The result files are written after the whole run: a folder that cannot hold them is
+    refused before it starts, not after twenty minutes of timing."""
+    if args.save_png is None:
+        args.save_png = os.path.join(os.path.dirname(args.save_json), "bench_fps.png")
+    for flag in ("save_json", "save_png", "save_table"):
+        path = getattr(args, flag)
+        if not path:
+            continue
+        if os.path.isdir(path):
+            raise UserError(f"--{flag} {path}: is a folder; expected a file name")
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--{flag} {path}: cannot create its folder ({e.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"--{flag} {path}: its folder {folder} is not writable")
+
+
 def _run(args):
     args.blocks, args.per_block = args.turns, args.runs_per_turn
     preset = PRESETS[args.preset]
@@ -790,6 +811,7 @@ def _run(args):
     if "paddle_trt" in args.backends:
         check_device(PredictorOptions(device="gpu", use_trt=True))
     configs = model_configs(args.models.split(",") if args.models else None)
+    _check_outputs(args)
     machine = machine_description()
     protocol = {"preset": args.preset, "note": protocol_note(args, preset),
                 "input_shape": args.input_shape,

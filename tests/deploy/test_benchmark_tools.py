@@ -219,6 +219,26 @@ def test_bad_precisions(flags, fragment, capsys):
     assert len(err) == 1 and fragment in err[0], err
 
 
+def test_result_files_checked_before_the_run(tmp_path, capsys):
+    """The results are written after the whole run: a place that cannot hold them is one error
+    before any timing, and the chart goes beside the JSON, not into the working directory."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    for flags, fragment in [
+            (["--save_json", str(blocker / "r.json")], "cannot create its folder"),
+            (["--save_json", str(tmp_path / "r.json"), "--save_table", str(tmp_path)],
+             "is a folder; expected a file name")]:
+        assert B.main(["--models", "mobilenetv2", "--floor", "off", *flags]) == 2
+        err = [s for s in capsys.readouterr().err.splitlines() if "error:" in s]
+        assert len(err) == 1 and fragment in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    assert blocker.read_text() == "keep"
+    args = B.build_parser().parse_args(["--save_json", str(tmp_path / "out" / "r.json")])
+    B._check_outputs(args)
+    assert args.save_png == str(tmp_path / "out" / "bench_fps.png")
+    assert (tmp_path / "out").is_dir()
+
+
 def test_bench_times_int8_and_bf16_beside_fp32(tmp_path):
     """The whole ``--precisions`` path at a small size: every variant runs, in the same turns."""
     out = tmp_path / "bench.json"
