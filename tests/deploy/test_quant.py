@@ -105,8 +105,27 @@ def test_int8_export_agrees_with_fp32(case, exports, fmt, engine, tmp_path):
         assert not np.array_equal(a, b)  # it really ran in int8
         assert max_rel_err(b, a) < MAX_LOGIT_ERR
         if engine == "openvino":  # compiled for the size from the first run on
-            assert q.current is not q.dynamic
+            assert q.current is q.fixed[x.shape] and q.dynamic is None  # never needed
         assert (a.argmax(1) == b.argmax(1)).mean() >= MIN_AGREEMENT
+
+
+def test_int8_openvino_falls_back_to_the_dynamic_program(case, exports, tmp_path, capfd):
+    """The INT8 runner makes no dynamic predictor unless a size cannot be compiled; then one
+    note, and the dynamic program runs that size."""
+    from mobileseg_paddle.deploy.runners import ModelFiles
+    from mobileseg_paddle.deploy.runners import paddle_inference as P
+    int8 = DeployConfig(exports["int8_paddle"])
+    x = _val_images(case[0])[0]
+    opts = PredictorOptions(cpu_threads=1, engine="openvino", openvino_cache_dir=str(tmp_path))
+    q = create_runner(int8, "auto", opts)
+    assert q.dynamic is None and q.opts.precision == "int8"
+    files = ModelFiles.of(int8, "paddle", engine="openvino")
+    open(P._openvino_dir(files, q.opts, x.shape), "w").close()  # the staging folder is taken
+    out = q(x)
+    assert out.shape == (1, 4, SIZE, SIZE) and np.abs(out).mean() > 0.1
+    assert q.current is q.dynamic is not None and not q.fixed
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("note: --engine openvino: no program compiled")
 
 
 def test_paddle_int8_program_has_int8_weights_in_the_linear_quant_form(exports):

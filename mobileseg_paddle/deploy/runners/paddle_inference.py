@@ -20,7 +20,8 @@ recently used goes first) and at most twice that many compilations per runner (s
 changing do not recompile forever); the first run of a shape, every shape beyond those, and all
 shapes after a compilation failed run on the dynamic predictor. A compilation costs about as
 much as loading the model. An INT8 export compiles for every shape from its first run on (no
-limit): OpenVINO's run of the dynamic INT8 program departs from FP32 several times further.
+limit; its dynamic predictor is made only when a compilation fails): OpenVINO's run of the
+dynamic INT8 program departs from FP32 several times further.
 
 OpenVINO writes a compiled model into its cache in place: predictors of one program are
 created one process at a time (``_compile_lock``). The cache folders of deleted exports are
@@ -431,25 +432,32 @@ class PaddleInferenceRunner(Runner):
         self.files, self.opts = files, opts
         if opts.engine == "openvino":
             prune_openvino_cache(_openvino_root(opts))
-        self.dynamic = self.current = _Predictor(files, opts)
         self.fixed = collections.OrderedDict()  # input shape -> its _Predictor, oldest first
         self._seen = set()  # input shapes run once on the dynamic predictor
         openvino = opts.engine == "openvino" and files.dynamic_shape
         self._compilations_left = 2 * opts.openvino_fixed_shapes if openvino else 0
         # an INT8 program of dynamic size runs on OpenVINO far from FP32 (its graph keeps
         # FakeQuantize and int8 Eltwise nodes the one compiled for the size fuses; README):
-        # every size is compiled for from its first run
+        # every size is compiled for from its first run, and the dynamic predictor is only
+        # made if a compilation fails
         self._always_fixed = openvino and opts.precision == "int8"
+        self.dynamic = None if self._always_fixed else _Predictor(files, opts)
+        self.current = self.dynamic
+
+    def _dynamic(self):
+        if self.dynamic is None:
+            self.dynamic = _Predictor(self.files, self.opts)
+        return self.dynamic
 
     def _predictor_for(self, shape):
         if shape in self.fixed:
             self.fixed.move_to_end(shape)
             return self.fixed[shape]
         if self._compilations_left <= 0 and not self._always_fixed:
-            return self.dynamic
+            return self._dynamic()
         if shape not in self._seen and not self._always_fixed:
             self._seen.add(shape)
-            return self.dynamic
+            return self._dynamic()
         self._compilations_left -= 1
         try:
             self.fixed[shape] = _Predictor(self.files, self.opts, shape)
@@ -457,7 +465,7 @@ class PaddleInferenceRunner(Runner):
             print(f"note: --engine openvino: no program compiled for input "
                   f"{'x'.join(map(str, shape))}, the dynamic one runs it: {e}", file=sys.stderr)
             self._compilations_left, self._always_fixed = 0, False
-            return self.dynamic
+            return self._dynamic()
         while len(self.fixed) > max(self.opts.openvino_fixed_shapes, int(self._always_fixed)):
             self.fixed.popitem(last=False)
         return self.fixed[shape]
