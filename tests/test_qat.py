@@ -178,6 +178,45 @@ class _TwoConvs(nn.Layer):
         return self.conv2(nn.functional.relu(self.conv1(x)))
 
 
+def _conv_input_scales(folder):
+    """The input scale of each convolution of the quantized program ``folder/model.pdmodel``."""
+    with Q._legacy_static():
+        scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
+        with paddle.static.scope_guard(scope):
+            program, _, _ = paddle.static.load_inference_model(os.path.join(folder, "model"), exe)
+            ops = program.global_block().ops
+            dequantized = {op.output("Y")[0]: op.input("Scale")[0] for op in ops
+                           if op.type == "dequantize_linear"}
+            return [float(np.array(scope.find_var(dequantized[op.input("Input")[0]])
+                                   .get_tensor()).reshape(-1)[0])
+                    for op in ops if op.type in Q.CONV_OPS]
+
+
+def test_lite_int8_of_the_checkpoint_keeps_the_trained_scales(run, tmp_path, capsys):
+    """``mobileseg lite --precision int8`` of the checkpoint quantizes each convolution's input
+    with the scale training learned, as ``mobileseg quant`` does, and records it (with
+    ``qat_scales="calibrated"`` the program's scales are none of the trained ones)."""
+    from helpers.lite import require_lite_runtime
+    from mobileseg_paddle.deploy.lite.convert import convert
+
+    lite = require_lite_runtime()
+    config, _, save_dir, _ = run
+    weights = str(save_dir / f"iter_{ITERS}" / "model.pdparams")
+    log = []
+    manifest = convert(config, weights, str(tmp_path / "lite"), [1, 3, SIZE, SIZE], "arm",
+                       runtime=lite, log=log.append, precision="int8", num_calib=8)
+    assert manifest["precision"] == {"arm": "int8"}
+    assert manifest["calibration"]["activations"] == "trained (avg where training learned none)"
+    assert any("weights of quantization-aware training" in m and "as trained" in m for m in log)
+    found = re.findall(r"input scales of (\d+) of (\d+) convolutions", capsys.readouterr().out)
+    assert len(found) == 1 and found[0][0] == found[0][1] and int(found[0][0]) > 40
+    # the program given to opt (kept beside the .nb) holds the trained scales
+    trained = np.array(list(qat.input_scales(paddle.load(weights, return_numpy=True)).values()))
+    program = _conv_input_scales(str(tmp_path / "lite"))
+    assert len(program) == int(found[0][0])
+    assert all(np.isclose(trained, s, rtol=1e-6, atol=0).any() for s in program)
+
+
 def test_trained_input_scales_replace_the_calibrated_ones(tmp_path):
     """The program's input scale of each convolution is the one of the checkpoint's quantizer
     for the convolution with that weight; without them, the calibrated one (larger here)."""
@@ -199,16 +238,7 @@ def test_trained_input_scales_replace_the_calibrated_ones(tmp_path):
     def conv_input_scales(input_scales):
         out = str(tmp_path / ("trained" if input_scales else "calibrated"))
         Q.quantize_program(str(tmp_path / "fp32"), out, batches, input_scales=input_scales)
-        with Q._legacy_static():
-            scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
-            with paddle.static.scope_guard(scope):
-                program, _, _ = paddle.static.load_inference_model(os.path.join(out, "model"), exe)
-                ops = program.global_block().ops
-                dequantized = {op.output("Y")[0]: op.input("Scale")[0] for op in ops
-                               if op.type == "dequantize_linear"}
-                return [float(np.array(scope.find_var(dequantized[op.input("Input")[0]])
-                                       .get_tensor()).reshape(-1)[0])
-                        for op in ops if op.type in Q.CONV_OPS]
+        return _conv_input_scales(out)
 
     assert conv_input_scales(qat.input_scales(state)) == [0.75, 0.125]
     calibrated = conv_input_scales(None)

@@ -496,23 +496,36 @@ def quantize(config, save_dir, model_path=None, num_calib=DEFAULT_NUM_CALIB, alg
     else:
         info = calibration_info(len(batches), algo, source="given", shapes=[b.shape for b in batches])
     kwargs = {} if opset is None else {"opset": opset}
-    method, scales = "post-training", None
-    state = _quantization_aware(model_path) if model_path is not None else None
-    if state is not None:
-        from mobileseg_paddle.qat import input_scales
-        method = "quantization-aware training"
-        if qat_scales == "trained" and fmt == "paddle":
-            try:
-                scales = input_scales(state)
-            except UserError as e:
-                raise UserError(f"--model_path {model_path}: {e}") from None
-            info["activations"] = f"trained ({algo} where training learned none)"
-        print(f"{model_path}: weights of quantization-aware training; the convolutions' input "
-              f"scales {'as trained' if scales else 'calibrated again'}", flush=True)
+    aware, scales = trained_input_scales(model_path, qat_scales if fmt == "paddle" else
+                                         "calibrated", info, algo,
+                                         log=lambda m: print(m, flush=True))
+    method = "quantization-aware training" if aware else "post-training"
     return ex.export(config, save_dir, model_path=model_path, input_shape=input_shape,
                      output_op=output_op, fmt=fmt, program="legacy", model=model,
                      engine=engine, tune_shape=tune_shape, tune_threads=tune_threads,
                      quant=ex.Quantization(batches, algo, info, method, scales), **kwargs)
+
+
+def trained_input_scales(model_path, qat_scales, info, algo, log=print):
+    """(whether ``model_path`` is a checkpoint of quantization-aware training, the input scales
+    of its convolutions it learned or None): None for other weights or ``qat_scales``
+    calibrated. Records trained scales in ``info`` (the calibration block) and says which."""
+    if model_path is None:
+        return False, None
+    state = _quantization_aware(model_path)
+    if state is None:
+        return False, None
+    scales = None
+    if qat_scales == "trained":
+        from mobileseg_paddle.qat import input_scales
+        try:
+            scales = input_scales(state)
+        except UserError as e:
+            raise UserError(f"--model_path {model_path}: {e}") from None
+        info["activations"] = f"trained ({algo} where training learned none)"
+    log(f"{model_path}: weights of quantization-aware training; the convolutions' input "
+        f"scales {'as trained' if scales else 'calibrated again'}")
+    return True, scales
 
 
 def _quantization_aware(model_path):

@@ -48,6 +48,11 @@ def add_convert_args(parser):
     parser.add_argument("--algo", default=None,
                         help="--precision int8: how activation scales are found: avg (default), "
                              "abs_max, hist, KL, mse")
+    from mobileseg_paddle.deploy.quant import QAT_SCALES  # no paddle import
+    parser.add_argument("--qat_scales", default="trained", choices=QAT_SCALES,
+                        help="--precision int8 of a checkpoint of mobileseg train --quant: its "
+                             "convolutions' input scales as training learned them, or "
+                             "calibrated like the rest")
 
 
 def build_parser():
@@ -78,7 +83,7 @@ def run(args):
         from .convert import convert
         convert(args.config, args.model_path, args.save_dir, args.input_shape, args.valid_targets,
                 output_op=args.output_op, precision=args.precision, num_calib=args.num_calib,
-                algo=args.algo)
+                algo=args.algo, qat_scales=args.qat_scales)
     elif args.cmd == "check":
         from . import check
         result = check.check(args.model_dir, args.reference, source=args.source, image=args.image,

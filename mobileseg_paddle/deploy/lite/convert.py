@@ -145,9 +145,10 @@ def calibration_batches(config, num_calib, input_shape, log=print):
     return batches, [b.shape for b in images]
 
 
-def quantize_int8(folder, batches, algo, log=print):
-    """Quantize ``folder``'s model.pdmodel + .pdiparams in place (``quant.quantize_program``),
-    then the compatibility pass again; returns its fixes."""
+def quantize_int8(folder, batches, algo, log=print, input_scales=None):
+    """Quantize ``folder``'s model.pdmodel + .pdiparams in place (``quant.quantize_program``,
+    with the ``input_scales`` quantization-aware training learned), then the compatibility pass
+    again; returns its fixes."""
     import time
 
     from mobileseg_paddle.deploy import quant
@@ -161,7 +162,8 @@ def quantize_int8(folder, batches, algo, log=print):
     try:  # Paddle prints a progress bar per stage on stderr
         quant.quantize_program(fp32, folder, batches, algo,
                                model_filename=PROGRAM_PREFIX + ".pdmodel",
-                               params_filename=PROGRAM_PREFIX + ".pdiparams")
+                               params_filename=PROGRAM_PREFIX + ".pdiparams",
+                               input_scales=input_scales)
     except UserError:
         raise
     except Exception as e:
@@ -202,10 +204,12 @@ def _install(tmp, save_dir):
 
 def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targets="arm",
             runtime=None, log=print, output_op="none", precision="fp32", num_calib=None,
-            algo=None):
+            algo=None, qat_scales="trained"):
     """Convert; return the manifest dict. Raises UserError with one clear message on bad input.
     ``num_calib``, ``algo``: the INT8 calibration (``--precision int8`` only; defaults
-    ``quant.DEFAULT_NUM_CALIB``, ``quant.DEFAULT_ALGO``)."""
+    ``quant.DEFAULT_NUM_CALIB``, ``quant.DEFAULT_ALGO``); ``qat_scales``: for a checkpoint of
+    quantization-aware training, its convolutions' input scales as trained or calibrated
+    (``mobileseg quant --qat_scales``)."""
     from mobileseg_paddle.builder import build_model
     from mobileseg_paddle.config import normalization
     from mobileseg_paddle.deploy import quant
@@ -221,6 +225,9 @@ def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targe
     algo = quant.DEFAULT_ALGO if algo is None else algo
     if int8:
         quant.check_calibration(num_calib, algo)
+    if qat_scales not in quant.QAT_SCALES:
+        raise UserError(f"--qat_scales: expected one of {', '.join(quant.QAT_SCALES)}, got "
+                        f"{qat_scales!r}")
     if int8 and targets != ["arm"]:
         raise UserError(f"--precision int8 is for the ARM model only (--valid_targets "
                         f"{','.join(targets)}): the labels of Lite 2.13's x86 int8 kernels "
@@ -239,6 +246,7 @@ def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targe
         batches, shapes = calibration_batches(config, num_calib, input_shape, log)
         calibration = dict(quant.calibration_info(len(batches), algo, shapes=shapes),
                            resized_to=f"{input_shape[2]}x{input_shape[3]}")
+        _, scales = quant.trained_input_scales(model_path, qat_scales, calibration, algo, log)
     runtime = runtime or LiteRuntime.find()
     if model_path is None:
         log("warning: no --model_path: exporting randomly initialised weights")
@@ -257,7 +265,7 @@ def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targe
         model_file, param_file = export_program(model, tmp, input_shape, output_op)
         fixes = make_lite_compatible(model_file)
         if int8:
-            fixes = quantize_int8(tmp, batches, algo, log)
+            fixes = quantize_int8(tmp, batches, algo, log, input_scales=scales)
         log("compatibility fixes: " + (", ".join(f"{k} x{v}" for k, v in fixes.items() if v)
                                        or "none needed"))
         result = runtime.opt(model_file, param_file,
