@@ -50,7 +50,12 @@ from mobileseg_paddle.deploy import deploy_yaml
 from mobileseg_paddle.deploy.deploy_yaml import CPU_ENGINES, MIN_INPUT_SIZE, OUTPUT_OPS
 from mobileseg_paddle.deploy.runners import ENGINE_CHOICES, INT8_ENGINES, cpu_count, engine_files
 from mobileseg_paddle.errors import UserError, run_main
-from mobileseg_paddle.models.export_rewrites import DeployModel, legacy_tracing, prepare_for_deploy
+from mobileseg_paddle.models.export_rewrites import (
+    DeployModel,
+    fast_dy2static_whitelist,
+    legacy_tracing,
+    prepare_for_deploy,
+)
 
 PROGRAMS = ("both", "legacy", "pir")
 DEFAULT_ONNX_OPSET = 13
@@ -118,7 +123,7 @@ def save_paddle_programs(net, out_dir, shape, program="both", openvino_net=None)
             written["openvino"] = "model.openvino.pdmodel"
     if program in ("both", "pir"):
         def save_pir(folder):
-            with paddle.pir_utils.DygraphPirGuard():
+            with paddle.pir_utils.DygraphPirGuard(), fast_dy2static_whitelist():
                 static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
                 paddle.jit.save(static, os.path.join(folder, "model"))
         if written:
@@ -172,7 +177,7 @@ def save_onnx(net, out_dir, shape, opset=DEFAULT_ONNX_OPSET):
     import paddle2onnx
 
     with tempfile.TemporaryDirectory(prefix="p2o-", dir=out_dir) as scratch:
-        with paddle.pir_utils.DygraphPirGuard():
+        with paddle.pir_utils.DygraphPirGuard(), fast_dy2static_whitelist():
             static = paddle.jit.to_static(net, input_spec=_input_spec(shape), full_graph=True)
             paddle.jit.save(static, os.path.join(scratch, "model"))
         # optimize_tool="None": paddle2onnx's default ("polygraphy") switches on polygraphy's

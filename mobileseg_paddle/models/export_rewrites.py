@@ -347,6 +347,36 @@ class _InspectWithCheapStack:
 
 
 @contextlib.contextmanager
+def fast_dy2static_whitelist():
+    """Paddle's ``is_unsupported`` (is this callee one dy2static leaves unconverted?) flattens
+    the functions of every whitelisted module into a list and scans it at each call of a trace,
+    hundreds per model. The same answers from a set built once per whitelist."""
+    from paddle.jit.dy2static import convert_call_func as C
+    original = C.is_unsupported
+    built = {}
+
+    def is_unsupported(func):
+        modules = tuple(C.BUILTIN_LIKELY_MODULES)  # add_ignore_module may extend it
+        if built.get("modules") != modules:
+            built["modules"] = modules
+            built["paths"] = tuple(p for m in modules
+                                   if (p := C.get_module_defining_path(m)) is not None)
+            built["functions"] = {id(f): f for m in modules for f in C.get_module_functions(m)}
+        code = getattr(func, "__code__", None)
+        if code is not None and code.co_filename and code.co_filename.startswith(built["paths"]):
+            return True
+        if built["functions"].get(id(func)) is func:
+            return True
+        return C.is_paddle_func(func)
+
+    C.is_unsupported = is_unsupported
+    try:
+        yield
+    finally:
+        C.is_unsupported = original
+
+
+@contextlib.contextmanager
 def fast_warning_stack():
     from paddle.base.layers import math_op_patch
     original = math_op_patch.inspect
@@ -359,6 +389,6 @@ def fast_warning_stack():
 
 @contextlib.contextmanager
 def legacy_tracing():
-    """Everything a trace into a legacy program needs (the shims and the speed fix)."""
-    with legacy_op_shims(), fast_warning_stack():
+    """Everything a trace into a legacy program needs (the shims and the speed fixes)."""
+    with legacy_op_shims(), fast_warning_stack(), fast_dy2static_whitelist():
         yield

@@ -141,3 +141,32 @@ def test_lite_hrnet_dynamic_legacy_program():
         ops = legacy_ops(static)
     assert ops.count("nearest_interp_v2") == 74 and "gather" not in ops
     assert "stack" not in ops and ops.count("transpose2") == 49  # stem + 48 block shuffles
+
+
+def test_fast_dy2static_whitelist_gives_paddles_answers():
+    """Which callees dy2static leaves unconverted: the same answer from the set built once as
+    from Paddle's scan, for builtins, C functions of whitelisted modules (numpy's ufuncs: no
+    ``__code__``), Paddle's functions and layers, and our own code; restored on exit."""
+    import functools
+    import math
+    import os
+
+    from paddle.jit.dy2static import convert_call_func as C
+
+    from mobileseg_paddle.models.export_rewrites import DeployModel, fast_dy2static_whitelist
+
+    def ours(x):
+        return x
+
+    candidates = [len, print, math.sqrt, os.path.join, np.add, np.sum, np.linalg.norm,
+                  paddle.add, paddle.concat, F.relu, F.interpolate, nn.Conv2D,
+                  nn.Conv2D(3, 4, 1), nn.Conv2D.forward, DeployModel.forward, ours,
+                  lambda x: x, functools.partial(ours), list.append, lite_hrnet.Lite_HRNet_18,
+                  prepare_for_deploy]
+    original = C.is_unsupported
+    want = [original(f) for f in candidates]
+    assert True in want and False in want
+    with fast_dy2static_whitelist():
+        assert C.is_unsupported is not original
+        assert [C.is_unsupported(f) for f in candidates] == want
+    assert C.is_unsupported is original
