@@ -25,6 +25,15 @@ class EvaluationFailed(UserError):
     """Evaluation during training failed after the weights of that iteration were saved."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a stopped container) during a command: raised like Ctrl-C
+    so that the clean-ups on the way out run (staging folders, locks, temporary files)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def one_line(e, limit=300):
     """A foreign exception's message as one line: its last non-empty line (paddle and paddleseg
     put the cause last), without paddleseg's "The error message is: " preamble, cut to
@@ -57,14 +66,27 @@ def _lines(e):
 
 def run_main(command, fn):
     """Run ``fn()`` as ``mobileseg <command>``; return its exit status. A ``UserError`` is one
-    line on stderr (``format_error``) and status 2; Ctrl-C is status 130."""
+    line on stderr (``format_error``) and status 2; Ctrl-C is status 130, SIGTERM 143, both
+    after the clean-ups of ``with`` and ``finally`` blocks (Python's default for SIGTERM
+    skips them)."""
+    import signal
     import sys
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         result = fn()
     except UserError as e:
         print(format_error(command, e), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Terminated:
+        print(f"mobileseg {command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"mobileseg {command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return result if isinstance(result, int) else 0

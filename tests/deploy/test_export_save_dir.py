@@ -97,7 +97,8 @@ def test_reexport_replaces_only_our_files(tiny, tmp_path):
     assert DeployConfig(str(out)).files == {"pir": "model.json", "params": "model.pdiparams"}
 
 
-def test_kill_during_export_leaves_the_previous_export_loadable(tiny, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_kill_during_export_leaves_the_previous_export_loadable(tiny, tmp_path, sig):
     out = tmp_path / "inference"
     assert _export(tiny, out, "--output_op", "none").returncode == 0
     before, want = digests(out), _run_export(out)
@@ -106,10 +107,14 @@ def test_kill_during_export_leaves_the_previous_export_loadable(tiny, tmp_path):
     while not any(n.startswith(".inference.partial-") for n in os.listdir(tmp_path)):
         assert proc.poll() is None and time.time() < deadline, "the export never started writing"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
     assert digests(out) == before
     np.testing.assert_array_equal(_run_export(out), want)
+    if sig == signal.SIGTERM:  # stopped like Ctrl-C: its staging folder removed on the way out
+        assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+        assert err.strip().splitlines()[-1] == "mobileseg export: terminated"
+        assert sorted(os.listdir(tmp_path)) == ["inference"]
     # the next export cleans the killed one's staging folder up and completes
     assert _export(tiny, out, "--output_op", "argmax").returncode == 0
     assert sorted(os.listdir(tmp_path)) == ["inference"]
