@@ -82,6 +82,12 @@ def check_calibration(num_calib, algo, fmt="paddle"):
                         f"calibration images")
 
 
+def check_qat_scales(qat_scales):
+    if qat_scales not in QAT_SCALES:
+        raise UserError(f"--qat_scales: expected one of {', '.join(QAT_SCALES)}, got "
+                        f"{qat_scales!r}")
+
+
 def calibration_images(cfg, num_calib, config_name="--config"):
     """``num_calib`` (1, 3, H, W) float32 arrays: images spread evenly over ``cfg``'s
     ``train_dataset`` (a paddleseg ``Config``), through its ``val_dataset`` transforms."""
@@ -481,9 +487,7 @@ def quantize(config, save_dir, model_path=None, num_calib=DEFAULT_NUM_CALIB, alg
     from mobileseg_paddle.deploy import export as ex
 
     check_calibration(num_calib, algo, fmt)
-    if qat_scales not in QAT_SCALES:
-        raise UserError(f"--qat_scales: expected one of {', '.join(QAT_SCALES)}, got "
-                        f"{qat_scales!r}")
+    check_qat_scales(qat_scales)
     if model_path is not None:
         _refuse_quantized_weights(model_path)
     if batches is None:

@@ -225,9 +225,7 @@ def convert(config, model_path, save_dir, input_shape=DEFAULT_SHAPE, valid_targe
     algo = quant.DEFAULT_ALGO if algo is None else algo
     if int8:
         quant.check_calibration(num_calib, algo)
-    if qat_scales not in quant.QAT_SCALES:
-        raise UserError(f"--qat_scales: expected one of {', '.join(quant.QAT_SCALES)}, got "
-                        f"{qat_scales!r}")
+    quant.check_qat_scales(qat_scales)
     if int8 and targets != ["arm"]:
         raise UserError(f"--precision int8 is for the ARM model only (--valid_targets "
                         f"{','.join(targets)}): the labels of Lite 2.13's x86 int8 kernels "
