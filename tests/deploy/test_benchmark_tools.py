@@ -1,7 +1,8 @@
 """The benchmarks: benchmarks/inference_stages.py cuts both exports at the low-resolution
 logits (the cut graphs must compute exactly that tensor, or the stage timings compare different
 work) and groups kernels alike for both runtimes; ``mobileseg bench``'s statistics, table and
-plot; the modules the onnxruntime workers import load no paddle."""
+plot; the modules the onnxruntime workers import load no paddle; the fused inverted-residual
+kernels of benchmarks/fused_inverted_residual.py compute what the dygraph stem and units compute."""
 
 import importlib.util
 import os
@@ -24,12 +25,16 @@ CONFIG = os.path.join(ROOT, "configs", "mobileseg",
                       "mobileseg_mobilenetv2_cityscapes_1024x512_80k.yml")
 
 
-def _stages_module():
+def _benchmark_module(name):
     spec = importlib.util.spec_from_file_location(
-        "inference_stages", os.path.join(ROOT, "benchmarks", "inference_stages.py"))
+        name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _stages_module():
+    return _benchmark_module("inference_stages")
 
 
 def test_cut_exports_output_the_low_resolution_logits(tmp_path):
@@ -268,3 +273,35 @@ def test_bench_times_int8_and_bf16_beside_fp32(tmp_path):
     from paddle.base import core
     bf16 = rows["paddle_onednn@bf16"]
     assert bf16["status"] == ("ok" if core.supports_bfloat16() else "failed"), bf16
+
+
+def _avx512():
+    with open("/proc/cpuinfo") as f:
+        return " avx512f" in f.read()
+
+
+@pytest.mark.skipif(not _avx512(), reason="the fused kernel is AVX-512 code")
+def test_fused_kernels_match_the_dygraph_stem_and_units(tmp_path):
+    """MobileNetV2's stem and 17 units (random weights and BN statistics) through the C kernels,
+    at a size whose rows end in every remainder the kernel's loops have (80, 40, 20, 10, 5
+    columns) and an odd width after the last stride: what dygraph computes."""
+    fir = _benchmark_module("fused_inverted_residual")
+    kernel = fir.compile_kernel(str(tmp_path))
+    backbone = B.build_pair(CONFIG, 3)[0].backbone
+    units = [u for stage in backbone.stages for u in stage.units]
+    assert len(units) == 17 and sum(u.shortcut for u in units) == 10
+    image = np.random.default_rng(0).standard_normal([1, 3, 64, 160]).astype("float32")
+    with paddle.no_grad():
+        x = backbone.conv1(paddle.to_tensor(image)).numpy()
+        reference = fir.Units(units)(paddle.to_tensor(x)).numpy()
+    stem = fir.FusedStem(kernel, backbone.conv1, image.shape)(image)
+    assert stem.shape == x.shape == (1, 32, 32, 80) and max_rel_err(stem, x) <= 1e-4
+    chain = fir.FusedChain(kernel, units, x.shape[1:])
+    times = [[] for _ in units]
+    out = chain(x, times)
+    assert out.shape == reference.shape == (1, 320, 2, 5)
+    assert max_rel_err(out, reference) <= 1e-4
+    assert np.abs(reference).max() > 1  # real magnitudes, not a vanishing signal
+    assert all(len(t) == 1 and t[0] > 0 for t in times)
+    with pytest.raises(fir.UserError, match=r"16->96->24 channels at 32x31, stride 2"):
+        fir.FusedChain(kernel, units, (32, 32, 31))
