@@ -52,7 +52,7 @@ from mobileseg_paddle.deploy.runners import ENGINE_CHOICES, INT8_ENGINES, cpu_co
 from mobileseg_paddle.errors import UserError, run_main
 from mobileseg_paddle.models.export_rewrites import (
     DeployModel,
-    fast_dy2static_whitelist,
+    fast_dy2static,
     legacy_tracing,
     prepare_for_deploy,
 )
@@ -123,7 +123,7 @@ def save_paddle_programs(net, out_dir, shape, program="both", openvino_net=None)
             written["openvino"] = "model.openvino.pdmodel"
     if program in ("both", "pir"):
         def save_pir(folder):
-            with paddle.pir_utils.DygraphPirGuard(), fast_dy2static_whitelist():
+            with paddle.pir_utils.DygraphPirGuard(), fast_dy2static():
                 static = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
                 paddle.jit.save(static, os.path.join(folder, "model"))
         if written:
@@ -177,7 +177,7 @@ def save_onnx(net, out_dir, shape, opset=DEFAULT_ONNX_OPSET):
     import paddle2onnx
 
     with tempfile.TemporaryDirectory(prefix="p2o-", dir=out_dir) as scratch:
-        with paddle.pir_utils.DygraphPirGuard(), fast_dy2static_whitelist():
+        with paddle.pir_utils.DygraphPirGuard(), fast_dy2static():
             static = paddle.jit.to_static(net, input_spec=_input_spec(shape), full_graph=True)
             paddle.jit.save(static, os.path.join(scratch, "model"))
         # optimize_tool="None": paddle2onnx's default ("polygraphy") switches on polygraphy's

@@ -1,6 +1,9 @@
 """The traced forms of nearest upsampling and channel shuffle (``layers.resize_nearest``,
 ``layers.concat_shuffle``) against the dygraph ops they replace: exact at every size, in both
-program formats, for fixed and dynamic H/W; and what Lite-HRNet's dynamic legacy program holds."""
+program formats, for fixed and dynamic H/W; what Lite-HRNet's dynamic legacy program holds; and
+the trace's speed fixes give Paddle's answers and programs."""
+
+import contextlib
 
 import numpy as np
 import paddle
@@ -170,3 +173,51 @@ def test_fast_dy2static_whitelist_gives_paddles_answers():
         assert C.is_unsupported is not original
         assert [C.is_unsupported(f) for f in candidates] == want
     assert C.is_unsupported is original
+
+
+def test_cached_method_conversion_writes_the_same_program(tmp_path, monkeypatch):
+    """Paddle's dy2static cache drops a bound method's entry with the method, so a trace
+    converts a layer's ``forward`` at every layer call; ``cached_method_conversion`` (in every
+    trace of ours) converts each function once per trace. MobileNetV3's legacy program (random
+    weights) with it and without it: far fewer conversions, and the same program op for op
+    (types, attributes, wiring, shapes) and the same parameters; Paddle's cache restored, after
+    a nested trace too."""
+    from paddle.jit.dy2static import program_translator as T
+
+    from helpers import ROOT
+    from helpers.numerics import randomize_
+    from helpers.paddle_files import program_signature, read_params
+    from mobileseg_paddle.builder import build_model
+    from mobileseg_paddle.deploy.lite.convert import export_program
+    from mobileseg_paddle.models import export_rewrites
+
+    config = f"{ROOT}/configs/mobileseg/mobileseg_mobilenetv3_cityscapes_1024x512_80k.yml"
+    model = build_model(config, None, drop_pretrained=True)[0]
+    randomize_(model, seed=0)
+    cache = T._FUNCTION_CACHE
+    original = cache._convert
+    written = {}
+    for cached in (True, False):
+        calls = []
+        monkeypatch.setattr(cache, "_convert",
+                            lambda f, calls=calls: calls.append(f) or original(f))
+        if not cached:
+            monkeypatch.setattr(export_rewrites, "cached_method_conversion",
+                                contextlib.nullcontext)
+        model_file, params_file = export_program(model, str(tmp_path / str(cached)), [1, 3, 64, 64])
+        program, ops, names = program_signature(model_file)
+        params = {names[n]: a for n, a in read_params(program, params_file).items()}
+        written[cached] = (len(calls), ops, params)
+        assert "convert_with_cache" not in vars(cache)  # the class's method again
+    (fast, ops, params), (slow, plain_ops, plain_params) = written[True], written[False]
+    assert 0 < 3 * fast < slow
+    assert len(ops) > 200 and ops == plain_ops
+    assert sorted(params) == sorted(plain_params)
+    assert all(np.array_equal(params[k], plain_params[k]) for k in params)
+    monkeypatch.undo()
+    with export_rewrites.fast_dy2static():
+        outer = vars(cache)["convert_with_cache"]
+        with export_rewrites.fast_dy2static():
+            assert vars(cache)["convert_with_cache"] is not outer
+        assert vars(cache)["convert_with_cache"] is outer  # a nested trace restores the outer's
+    assert "convert_with_cache" not in vars(cache)

@@ -19,7 +19,7 @@ from helpers import ROOT
 from helpers.arm import poisoned, require_arm
 from helpers.lite import require_lite_runtime
 from helpers.numerics import max_rel_err, randomize_
-from helpers.paddle_files import read_params
+from helpers.paddle_files import program_signature, read_params
 from mobileseg_paddle import resources
 from mobileseg_paddle.builder import build_model
 from mobileseg_paddle.deploy.lite.check import check
@@ -150,36 +150,6 @@ assert not paddle.framework.use_pir_api()
 model = build_model(sys.argv[1], sys.argv[2], drop_pretrained=True)[0]
 export_program(model, sys.argv[3], [int(s) for s in sys.argv[4:]])
 """
-
-VOLATILE_ATTRS = {"op_callstack", "op_namescope", "op_device"}  # where the trace ran, not what
-
-
-def program_signature(path):
-    """Every op of every block in order: type, attributes, and its inputs/outputs as variables
-    renamed by first use, with their types and dims; and {name: that number}. Names carry
-    process-wide counters (``conv2d_7.w_0``): a process that built other layers before names
-    the same program's variables differently."""
-    program = read_program(path)
-    names = {}
-    descs = {v.name: v for block in program.blocks for v in block.vars}
-
-    def var(name):
-        desc = descs.get(name)
-        kind = None if desc is None else (desc.type.type, desc.persistable,
-                                          tuple(desc.type.dense_tensor.tensor.dims),
-                                          desc.type.dense_tensor.tensor.data_type)
-        return names.setdefault(name, len(names)), kind
-
-    ops = []
-    for block in program.blocks:
-        for op in block.ops:
-            attrs = sorted(a.SerializeToString() for a in op.attrs
-                           if a.name not in VOLATILE_ATTRS)
-            slots = [(s.parameter, [var(n) for n in s.arguments])
-                     for s in (*op.inputs, *op.outputs)]
-            ops.append((op.type, attrs, slots))
-    return program, ops, names
-
 
 def test_in_process_export_equals_a_fresh_pir_off_process(converted):
     fresh = converted["work"] / "fresh"
