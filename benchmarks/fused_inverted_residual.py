@@ -46,6 +46,7 @@ import paddle  # noqa: E402
 from mobileseg_paddle.deploy.benchmark import (  # noqa: E402
     SGEMM_N,
     build_pair,
+    cpu_flags,
     machine_description,
     model_configs,
     sgemm_runner,
@@ -70,9 +71,8 @@ def compile_kernel(folder):
     OMP_NUM_THREADS and GOMP_SPINCOUNT as it loads."""
     if shutil.which("gcc") is None:
         raise UserError("the fused kernel is compiled here: no gcc on PATH")
-    with open("/proc/cpuinfo") as f:
-        if " avx512f" not in f.read():
-            raise UserError("the fused kernel needs a CPU with AVX-512 (avx512f in /proc/cpuinfo)")
+    if "avx512f" not in cpu_flags():
+        raise UserError("the fused kernel needs a CPU with AVX-512 (avx512f in /proc/cpuinfo)")
     lib = os.path.join(folder, "libfused_ir.so")
     subprocess.run(["gcc", "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", SOURCE,
                     "-o", lib], check=True)
@@ -182,22 +182,31 @@ class Split:
         self.taps = [last[i] for i in net.backbone_indices]
         self.fused, self.stem = fused, FusedStem(kernel, model.backbone.conv1, image_shape)
         shapes = [fused.blocks[i][2].shape for i in self.taps]
-        folder = os.path.join(work, "decoder")
-        os.makedirs(folder)
-        save_paddle_programs(DeployModel(Decoder(net, shapes, image_shape[2:]), "argmax",
-                                         channels_last_argmax=False),
-                             folder, [1, sum(int(np.prod(s)) for s in shapes)], program="legacy")
-        files = ModelFiles.from_paddle(os.path.join(folder, "model.pdmodel"),
-                                       os.path.join(folder, "model.pdiparams"),
-                                       dynamic_shape=False)
-        self.decoder = create_runner(files, "paddle", PredictorOptions(
-            engine="openvino", cpu_threads=threads,
-            openvino_cache_dir=os.path.join(folder, "openvino")))
+        decoder = DeployModel(Decoder(net, shapes, image_shape[2:]), "argmax",
+                              channels_last_argmax=False)
+        files = traced(decoder, os.path.join(work, "decoder"),
+                       [1, sum(int(np.prod(s)) for s in shapes)])
+        self.decoder = engine_runner(files, "openvino", threads, work)
 
     def __call__(self, image):
         self.fused(self.stem(image))
         flat = np.concatenate([self.fused.blocks[i][2].ravel() for i in self.taps])
         return self.decoder(flat[None])
+
+
+def traced(net, folder, shape):
+    """``net`` traced at ``shape`` into a legacy program in ``folder``: its ``ModelFiles``."""
+    os.makedirs(folder, exist_ok=True)
+    save_paddle_programs(net, folder, shape, program="legacy")
+    return ModelFiles.from_paddle(os.path.join(folder, "model.pdmodel"),
+                                  os.path.join(folder, "model.pdiparams"), dynamic_shape=False)
+
+
+def engine_runner(source, engine, threads, work):
+    """Our runner of ``source`` (``ModelFiles`` or ``DeployConfig``) on Paddle Inference's
+    ``engine``, OpenVINO compiling into ``work``."""
+    return create_runner(source, "paddle", PredictorOptions(
+        engine=engine, cpu_threads=threads, openvino_cache_dir=os.path.join(work, "openvino")))
 
 
 class Units(paddle.nn.Layer):
@@ -240,20 +249,15 @@ def main(argv=None):
             reference = Units(units)(paddle.to_tensor(x)).numpy()
         fused = FusedChain(kernel, units, x.shape[1:])
 
-        save_paddle_programs(Units(units), work, list(x.shape), program="legacy")
-        files = ModelFiles.from_paddle(os.path.join(work, "model.pdmodel"),
-                                       os.path.join(work, "model.pdiparams"),
-                                       dynamic_shape=False)
         deploy = DeployConfig(export(config, os.path.join(work, "model"),
                                      input_shape=[-1, 3, -1, -1], output_op="argmax",
                                      fmt="paddle", program="legacy", model=model,
                                      engine="openvino"))
+        files = traced(Units(units), os.path.join(work, "units"), list(x.shape))
         runs = {"fused": (fused, x)}
         for what, source, feed in (("units", files, x), ("model", deploy, image)):
             for engine in ENGINES:
-                runs[f"{what} {engine}"] = (create_runner(source, "paddle", PredictorOptions(
-                    engine=engine, cpu_threads=args.threads,
-                    openvino_cache_dir=os.path.join(work, "openvino"))), feed)
+                runs[f"{what} {engine}"] = (engine_runner(source, engine, args.threads, work), feed)
         split = Split(model, kernel, fused, work, args.threads, args.input_shape)
         runs["split"] = (split, image)
         runs["sgemm"] = (sgemm_runner(SGEMM_N, args.threads), None)

@@ -134,17 +134,30 @@ PUBLISHED_COLUMN = {"v100": (0, "published V100 TensorRT FPS"),
 # Machine and statistics
 
 
-def machine_description():
-    cpu, flags = platform.processor() or "unknown", []
+def _cpuinfo():
+    """(the first CPU's model name or None, its flags) from /proc/cpuinfo (empty elsewhere)."""
+    name, flags = None, []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and cpu in ("unknown", "", "x86_64"):
-                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("model name") and name is None:
+                    name = line.split(":", 1)[1].strip()
                 if line.startswith("flags") and not flags:
                     flags = line.split(":", 1)[1].split()
     except OSError:
         pass
+    return name, flags
+
+
+def cpu_flags():
+    """The CPU's feature flags (``avx512f``, ...) as /proc/cpuinfo lists them."""
+    return set(_cpuinfo()[1])
+
+
+def machine_description():
+    cpu, (name, flags) = platform.processor() or "unknown", _cpuinfo()
+    if name and cpu in ("unknown", "", "x86_64"):
+        cpu = name
     mem_gb = None
     try:
         with open("/proc/meminfo") as f:

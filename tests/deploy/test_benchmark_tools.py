@@ -275,12 +275,7 @@ def test_bench_times_int8_and_bf16_beside_fp32(tmp_path):
     assert bf16["status"] == ("ok" if core.supports_bfloat16() else "failed"), bf16
 
 
-def _avx512():
-    with open("/proc/cpuinfo") as f:
-        return " avx512f" in f.read()
-
-
-@pytest.mark.skipif(not _avx512(), reason="the fused kernel is AVX-512 code")
+@pytest.mark.skipif("avx512f" not in B.cpu_flags(), reason="the fused kernel is AVX-512 code")
 def test_fused_kernels_match_the_dygraph_stem_and_units(tmp_path):
     """MobileNetV2's stem and 17 units (random weights and BN statistics) through the C kernels,
     at a size whose rows end in every remainder the kernel's loops have (80, 40, 20, 10, 5
