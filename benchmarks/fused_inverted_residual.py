@@ -19,13 +19,14 @@ the weights; the stem too. Timed taking turns, on a random image:
                   engine takes the whole program as one operator (its openvino_subgraph_pass),
                   so a custom operator cannot run inside it
   sgemm           onnxruntime's MatMul of two 2048x2048 matrices: the floor's rate
+  fma             independent FMAs on registers (``fma_loop``): the cores' arithmetic limit
 
 Every path is checked first (units and stem within 1e-4 of dygraph relative to the largest
 magnitude, the split's labels equal to the export's on 99.9 % of the pixels or more); then the
 median of each turn, the ratios of the medians per turn, the models over the floor (FLOPs /
-sgemm rate), and the fused kernel's time per unit. Exit status 2 on a CPU without AVX-512,
-without gcc, or at an input size the kernel does not take (a multiple of 32 is needed); 1 if a
-path computes something else.
+sgemm rate), the rates as fractions of the FMA peak, and the fused kernel's time per unit.
+Exit status 2 on a CPU without AVX-512, without gcc, or at an input size the kernel does not
+take (a multiple of 32 is needed); 1 if a path computes something else.
 """
 
 import argparse
@@ -64,6 +65,7 @@ from mobileseg_paddle.models.layers import upsample_logits  # noqa: E402
 ENGINES = ("openvino", "onednn")  # Paddle Inference's: MobileNetV2's default, and oneDNN's
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_inverted_residual.c")
 FLOAT_P = ctypes.POINTER(ctypes.c_float)
+FMA_VECTORS = 200_000_000  # 6.4 GFLOP a run of the FMA-peak loop
 
 
 def compile_kernel(folder):
@@ -83,6 +85,7 @@ def compile_kernel(folder):
     kernel.stem_new.restype = ctypes.c_void_p
     kernel.stem_new.argtypes = [ctypes.c_int] * 4 + [FLOAT_P] * 2
     kernel.stem_run.argtypes = [ctypes.c_void_p, FLOAT_P, FLOAT_P]
+    kernel.fma_loop.argtypes = [ctypes.c_long]
     return kernel
 
 
@@ -261,6 +264,8 @@ def main(argv=None):
         split = Split(model, kernel, fused, work, args.threads, args.input_shape)
         runs["split"] = (split, image)
         runs["sgemm"] = (sgemm_runner(SGEMM_N, args.threads), None)
+        runs["fma"] = (lambda _: kernel.fma_loop(FMA_VECTORS), None)
+        fma_flops = 32 * 24 * args.threads * (FMA_VECTORS // args.threads // 24)
         model_flops = 2 * int(paddle.flops(model, args.input_shape, print_detail=False))
 
         machine = machine_description()
@@ -313,8 +318,11 @@ def main(argv=None):
                       [u / f for u, f in zip(ms, medians["fused"])])))
         floors = [model_flops / (2 * SGEMM_N ** 3 / t) for t in medians["sgemm"]]
         rate = 2 * SGEMM_N ** 3 / np.median(medians["sgemm"]) / 1e6
+        peak = fma_flops / np.median(medians["fma"]) / 1e6
         print(f"model: {model_flops / 1e9:.2f} GFLOP, floor {np.median(floors):.1f} ms (sgemm "
-              f"{rate:.0f} GFLOP/s)")
+              f"{rate:.0f} GFLOP/s), 1.25x of it {1.25 * np.median(floors):.1f} ms; FMA peak "
+              f"{peak:.0f} GFLOP/s: sgemm at {rate / peak:.0%} of it, the fused units at "
+              f"{flops / np.median(medians['fused']) / 1e6 / peak:.0%}")
         for name in [f"model {e}" for e in ENGINES] + ["split"]:
             whole = medians[name]
             print(f"  {name:14s} {np.median(whole):.1f} ms, "
