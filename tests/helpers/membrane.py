@@ -67,15 +67,16 @@ def config_dict(list_dir, iters=150, batch_size=4, crop=256):
     }
 
 
-def train_model(work, iters=150):
+def train_model(work, iters=150, seed=0):
     """(config path, weights path) of a model trained ``iters`` iterations on the membrane
-    training images through the real ``mobileseg train``."""
+    training images through the real ``mobileseg train``, seeded, so a session's bounds meet the
+    same model each time on one machine."""
     list_dir = write_lists(os.path.join(work, "lists"))
     config = write_config(os.path.join(work, "membrane.yml"), config_dict(list_dir, iters))
     out = os.path.join(work, "train")
     proc = run_module("train", "--config", config, "--device", "cpu", "--save_dir", out,
                       "--save_interval", str(iters), "--log_iters", "20", "--num_workers", "0",
-                      timeout=1800)
+                      "--seed", str(seed), timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     weights = os.path.join(out, f"iter_{iters}", "model.pdparams")
     assert os.path.isfile(weights), os.listdir(out)
