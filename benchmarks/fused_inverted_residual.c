@@ -251,22 +251,28 @@ void stem_run(const stem_t *s, const float *x, float *y) {
   }
 }
 
-// n vector FMAs (16 lanes) over the threads, in 24 independent chains a thread on registers, no
-// loads: the cores' arithmetic limit, timed by the script in the same turns as the rest.
+// About n vector FMAs (16 lanes) over the threads, 24 independent chains per thread kept in
+// registers, no loads: the cores' arithmetic limit. Returns the number of vector FMAs done.
 volatile float fma_sink;
 
-void fma_loop(long n) {
+long fma_loop(long n) {
+  long done = 0;
 #pragma omp parallel
   {
     __m512 a[24];
     for (int i = 0; i < 24; i++) a[i] = _mm512_set1_ps(1e-3f * i);
     const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-    for (long k = n / omp_get_num_threads() / 24; k > 0; k--)
+    const long rounds = n / omp_get_num_threads() / 24;
+    for (long k = rounds; k > 0; k--)
 #pragma GCC unroll 24  // so the 24 chains stay in registers
       for (int i = 0; i < 24; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
     __m512 s = a[0];
     for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, a[i]);
 #pragma omp critical
-    fma_sink += _mm512_reduce_add_ps(s);
+    {
+      fma_sink += _mm512_reduce_add_ps(s);
+      done += 24 * rounds;
+    }
   }
+  return done;
 }

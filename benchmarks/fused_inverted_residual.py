@@ -65,7 +65,7 @@ from mobileseg_paddle.models.layers import upsample_logits  # noqa: E402
 ENGINES = ("openvino", "onednn")  # Paddle Inference's: MobileNetV2's default, and oneDNN's
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_inverted_residual.c")
 FLOAT_P = ctypes.POINTER(ctypes.c_float)
-FMA_VECTORS = 200_000_000  # 6.4 GFLOP a run of the FMA-peak loop
+FMA_VECTORS = 200_000_000  # about 6.4 GFLOP a run of the FMA-peak loop
 
 
 def compile_kernel(folder):
@@ -86,6 +86,7 @@ def compile_kernel(folder):
     kernel.stem_new.argtypes = [ctypes.c_int] * 4 + [FLOAT_P] * 2
     kernel.stem_run.argtypes = [ctypes.c_void_p, FLOAT_P, FLOAT_P]
     kernel.fma_loop.argtypes = [ctypes.c_long]
+    kernel.fma_loop.restype = ctypes.c_long
     return kernel
 
 
@@ -265,7 +266,7 @@ def main(argv=None):
         runs["split"] = (split, image)
         runs["sgemm"] = (sgemm_runner(SGEMM_N, args.threads), None)
         runs["fma"] = (lambda _: kernel.fma_loop(FMA_VECTORS), None)
-        fma_flops = 32 * 24 * args.threads * (FMA_VECTORS // args.threads // 24)
+        fma_flops = 32 * kernel.fma_loop(FMA_VECTORS)  # 16 lanes x 2 FLOPs a vector FMA
         model_flops = 2 * int(paddle.flops(model, args.input_shape, print_detail=False))
 
         machine = machine_description()

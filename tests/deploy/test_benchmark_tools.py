@@ -298,5 +298,7 @@ def test_fused_kernels_match_the_dygraph_stem_and_units(tmp_path):
     assert max_rel_err(out, reference) <= 1e-4
     assert np.abs(reference).max() > 1  # real magnitudes, not a vanishing signal
     assert all(len(t) == 1 and t[0] > 0 for t in times)
+    # the FMA-peak loop counts what its threads did (24 chains each): the script's FLOPs
+    assert kernel.fma_loop(24 * 12 * 100) == 24 * 12 * 100  # divides among 1-4, 6, 12 threads
     with pytest.raises(fir.UserError, match=r"16->96->24 channels at 32x31, stride 2"):
         fir.FusedChain(kernel, units, (32, 32, 31))
