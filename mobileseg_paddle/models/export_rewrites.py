@@ -418,14 +418,14 @@ def fast_warning_stack():
 
 
 @contextlib.contextmanager
-def legacy_tracing():
-    """Everything a trace into a legacy program needs (the shims and the speed fixes)."""
-    with legacy_op_shims(), fast_warning_stack(), fast_dy2static():
+def fast_dy2static():
+    """dy2static's speed fixes for one trace (the same program, less Python work)."""
+    with fast_dy2static_whitelist(), cached_method_conversion():
         yield
 
 
 @contextlib.contextmanager
-def fast_dy2static():
-    """dy2static's speed fixes for one trace (the same program, less Python work)."""
-    with fast_dy2static_whitelist(), cached_method_conversion():
+def legacy_tracing():
+    """Everything a trace into a legacy program needs (the shims and the speed fixes)."""
+    with legacy_op_shims(), fast_warning_stack(), fast_dy2static():
         yield
